@@ -44,7 +44,12 @@ class WireProcessor:
     def send(self, cmd: CommandApdu) -> ResponseApdu:
         # A command carrying a C-MAC keeps the encoding it was MACed with.
         protected = bool(cmd.cla & CLA_SECURE_MESSAGING)
-        if self.extended and not protected and not cmd.extended and (cmd.data or cmd.le is not None):
+        if (
+            self.extended
+            and not protected
+            and not cmd.extended
+            and (cmd.data or cmd.le is not None)
+        ):
             cmd = CommandApdu(cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, cmd.le, extended=True)
         try:
             return ResponseApdu.parse(self.connection.transmit(cmd.encode()))
@@ -72,7 +77,7 @@ class ChainingProcessor:
 
 
 class ResponseProcessor:
-    """61xx: collect with GET RESPONSE; 6Cxx: re-issue with the exact Le (ISO 7816-4 section 5.3.4)."""
+    """61xx: collect with GET RESPONSE; 6Cxx: re-issue with the exact Le (ISO 7816-4 5.3.4)."""
 
     def __init__(self, delegate: Processor) -> None:
         self.delegate = delegate
@@ -93,7 +98,9 @@ class ResponseProcessor:
 class ScpProcessor:
     """SCP03 secure messaging on top of the rest (GPC 2.3.1 Amd D section 6.2)."""
 
-    def __init__(self, delegate: Processor, channel: SecureChannel, *, extended: bool, encrypt_empty: bool) -> None:
+    def __init__(
+        self, delegate: Processor, channel: SecureChannel, *, extended: bool, encrypt_empty: bool
+    ) -> None:
         self.delegate = delegate
         self.channel = channel
         self.extended = extended
@@ -101,8 +108,10 @@ class ScpProcessor:
 
     def send(self, cmd: CommandApdu) -> ResponseApdu:
         if self.extended != cmd.extended and (cmd.data or cmd.le is not None):
-            # Extended mode MACs 00 hi lo; short mode lets the channel go extended only past 255 bytes.
-            cmd = CommandApdu(cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, cmd.le, extended=self.extended)
+            # Extended mode MACs 00 hi lo; in short mode the channel goes extended past 255 bytes.
+            cmd = CommandApdu(
+                cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, cmd.le, extended=self.extended
+            )
         wrapped = self.channel.wrap_command(cmd, encrypt_empty=self.encrypt_empty)
         resp = self.delegate.send(wrapped)
         try:
@@ -114,7 +123,9 @@ class ScpProcessor:
 class SmartCardProtocol:
     """The protocol object the sessions share."""
 
-    def __init__(self, connection: Connection, *, extended: bool = False, encrypt_empty: bool = False) -> None:
+    def __init__(
+        self, connection: Connection, *, extended: bool = False, encrypt_empty: bool = False
+    ) -> None:
         self.connection = connection
         self.extended = extended
         self.encrypt_empty = encrypt_empty
@@ -139,7 +150,9 @@ class SmartCardProtocol:
         self, cla: int, ins: int, p1: int, p2: int, data: bytes = b"", le: int | None = None
     ) -> bytes:
         """Send and return the data of a 9000 answer; any other status word raises ApduError."""
-        resp = self.send(CommandApdu(cla, ins, p1, p2, data, le, extended=len(data) > SHORT_MAX_DATA))
+        resp = self.send(
+            CommandApdu(cla, ins, p1, p2, data, le, extended=len(data) > SHORT_MAX_DATA)
+        )
         if resp.sw != SW.OK:
             raise ApduError(resp.sw, resp.data)
         return resp.data

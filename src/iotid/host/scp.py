@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from iotid.apdu import ApduError, CommandApdu
 from iotid.host.errors import AuthenticationError, BadResponseError
 from iotid.host.protocol import SmartCardProtocol
-from iotid.scp03 import SecureChannel, StaticKeys, card_cryptogram, derive_session_keys, host_cryptogram
+from iotid.scp03 import (
+    SecureChannel,
+    StaticKeys,
+    card_cryptogram,
+    derive_session_keys,
+    host_cryptogram,
+)
 from iotid.spec.gp import I_PSEUDO_RANDOM_CHALLENGE, I_S16, SCP03, VALID_SECURITY_LEVELS, GpIns
 from iotid.spec.iso7816 import SW
 
@@ -43,7 +49,9 @@ def open_scp03(
         raise ValueError(f"security level 0x{level:02x} is not one of Amd D Table 7-6")
     protocol.end_secure_channel()
     challenge = host_challenge if host_challenge is not None else secrets.token_bytes(8)
-    resp = protocol.send_plain(CommandApdu(0x80, GpIns.INITIALIZE_UPDATE, kvn, 0x00, challenge, 256))
+    resp = protocol.send_plain(
+        CommandApdu(0x80, GpIns.INITIALIZE_UPDATE, kvn, 0x00, challenge, 256)
+    )
     if resp.sw != SW.OK:
         raise ApduError(resp.sw, resp.data)
     data = resp.data
@@ -55,10 +63,16 @@ def open_scp03(
     card_challenge, cryptogram = data[13:21], data[21:29]
     seq = int.from_bytes(data[29:32], "big") if i_param & I_PSEUDO_RANDOM_CHALLENGE else None
     session = derive_session_keys(keys, challenge, card_challenge)
-    if not hmac.compare_digest(card_cryptogram(session.s_mac, challenge, card_challenge), cryptogram):
-        raise AuthenticationError(f"card cryptogram mismatch: the card does not hold this key set (KVN 0x{card_kvn:02x})")
+    if not hmac.compare_digest(
+        card_cryptogram(session.s_mac, challenge, card_challenge), cryptogram
+    ):
+        raise AuthenticationError(
+            f"card cryptogram mismatch: the card does not hold this key set (KVN 0x{card_kvn:02x})"
+        )
     channel = SecureChannel(session, level)
-    ea = channel.external_authenticate_command(host_cryptogram(session.s_mac, challenge, card_challenge))
+    ea = channel.external_authenticate_command(
+        host_cryptogram(session.s_mac, challenge, card_challenge)
+    )
     resp = protocol.send_plain(ea)
     if resp.sw != SW.OK:
         raise ApduError(resp.sw, resp.data)

@@ -52,7 +52,11 @@ class SecurityDomainSession:
     """The ISD, as seen from the host."""
 
     def __init__(self, conn: Connection | SmartCardProtocol, *, extended: bool = False) -> None:
-        self.protocol = conn if isinstance(conn, SmartCardProtocol) else SmartCardProtocol(conn, extended=extended)
+        self.protocol = (
+            conn
+            if isinstance(conn, SmartCardProtocol)
+            else SmartCardProtocol(conn, extended=extended)
+        )
         self.protocol.select(gp.ISD_AID)
         self._keys: StaticKeys | None = None
 
@@ -73,7 +77,9 @@ class SecurityDomainSession:
     # -- GET DATA -----------------------------------------------------------------------------
     def get_data(self, tag: int, *, tagged: bool = False) -> bytes:
         """CLA 00 returns the bare value; ``tagged`` (CLA 80) the whole object."""
-        return self.protocol.transmit(0x80 if tagged else 0x00, GpIns.GET_DATA, tag >> 8, tag & 0xFF, le=256)
+        return self.protocol.transmit(
+            0x80 if tagged else 0x00, GpIns.GET_DATA, tag >> 8, tag & 0xFF, le=256
+        )
 
     def get_cplc(self) -> Cplc:
         raw = self.get_data(DataTag.CPLC)
@@ -108,9 +114,16 @@ class SecurityDomainSession:
             kcv = aes_kcv(key)
             encrypted = encrypt_sensitive(dek, key.ljust(-(-len(key) // 16) * 16, b"\x00"))
             # 88 11 10 <key>: key type, length, then the key's own length byte (GPC 2.3.1 11.8.2.3).
-            data += bytes([gp.KeyType.AES, len(encrypted) + 1, len(key)]) + encrypted + bytes([len(kcv)]) + kcv
+            data += (
+                bytes([gp.KeyType.AES, len(encrypted) + 1, len(key)])
+                + encrypted
+                + bytes([len(kcv)])
+                + kcv
+            )
             expected += kcv
-        resp = self.protocol.transmit(0x80, GpIns.PUT_KEY, replace_kvn, gp.PUT_KEY_MULTIPLE | gp.KEY_ID_ENC, data, 256)
+        resp = self.protocol.transmit(
+            0x80, GpIns.PUT_KEY, replace_kvn, gp.PUT_KEY_MULTIPLE | gp.KEY_ID_ENC, data, 256
+        )
         if resp[: len(expected)] != expected:
             raise BadResponseError("PUT KEY: the card returned other key check values")
 
@@ -119,7 +132,9 @@ class SecurityDomainSession:
         self.protocol.transmit(0x80, GpIns.DELETE, 0x00, int(delete_last), data, 256)
 
     # -- registry -----------------------------------------------------------------------------
-    def get_status(self, scope: int = gp.GET_STATUS_APPS, aid_prefix: bytes = b"") -> list[RegistryInfo]:
+    def get_status(
+        self, scope: int = gp.GET_STATUS_APPS, aid_prefix: bytes = b""
+    ) -> list[RegistryInfo]:
         raw = self.protocol.transmit(
             0x80, GpIns.GET_STATUS, scope, gp.GET_STATUS_TAGGED, tlv(gp.TAG_AID, aid_prefix), 256
         )
@@ -153,16 +168,20 @@ class SecurityDomainSession:
         self.protocol.transmit(0x80, GpIns.INSTALL, gp.INSTALL_FOR_PERSONALIZATION, 0x00, data, 256)
 
     def store_data(self, dgis: Iterable[tuple[int, bytes]], *, block: int = STORE_BLOCK) -> None:
-        """STORE DATA in DGI format; secret DGIs (8000-8FFF) are padded and encrypted under Key-DEK."""
+        """STORE DATA, DGI format; secret DGIs (8000-8FFF) padded and encrypted under Key-DEK."""
         stream = b""
         has_secret = False
         for tag, value in dgis:
-            if gp.DGI_SECRET_MIN <= tag <= gp.DGI_SECRET_MAX:
-                value = encrypt_sensitive(self._dek(), pad_iso9797_m2(value))
-                has_secret = True
-            stream += encode_dgi(tag, value)
-        blocks: Sequence[bytes] = [stream[i : i + block] for i in range(0, len(stream), block)] or [b""]
+            secret = gp.DGI_SECRET_MIN <= tag <= gp.DGI_SECRET_MAX
+            has_secret = has_secret or secret
+            wire = encrypt_sensitive(self._dek(), pad_iso9797_m2(value)) if secret else value
+            stream += encode_dgi(tag, wire)
+        blocks: Sequence[bytes] = [stream[i : i + block] for i in range(0, len(stream), block)] or [
+            b""
+        ]
         enc = gp.STORE_ENC_APPLICATION if has_secret else gp.STORE_ENC_NONE
         for n, chunk in enumerate(blocks):
             last = gp.STORE_LAST_BLOCK if n == len(blocks) - 1 else 0
-            self.protocol.transmit(0x80, GpIns.STORE_DATA, last | enc | gp.STORE_FORMAT_DGI, n & 0xFF, chunk, None)
+            self.protocol.transmit(
+                0x80, GpIns.STORE_DATA, last | enc | gp.STORE_FORMAT_DGI, n & 0xFF, chunk, None
+            )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from iotid.apdu import ApduError, CommandApdu, ResponseApdu
 from iotid.spec.iso7816 import CLA_PROPRIETARY, SW
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from iotid.se.keystore import KeyStore
     from iotid.se.nvm import Nvm
 
-Reply = Union[bytes, ResponseApdu]
+Reply = bytes | ResponseApdu
 Handler = Callable[["Applet", CommandApdu], Reply]
 H = TypeVar("H", bound=Callable[..., Reply])
 
@@ -76,7 +76,7 @@ class AppletContext:
 
 
 class Applet:
-    """Base class: subclasses set ``AID`` and ``NAME`` and decorate handlers with :func:`handles`."""
+    """Base class: subclasses set ``AID`` and ``NAME``; handlers carry :func:`handles`."""
 
     AID: ClassVar[bytes]
     NAME: ClassVar[str]

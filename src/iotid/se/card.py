@@ -148,11 +148,15 @@ class Card:
             nvm.put("card/cplc", build_cplc(uid))
             registry = Registry(nvm)
             registry.put(
-                RegistryEntry(gp.ISD_AID, CardLifeCycle.OP_READY, IssuerSecurityDomain.PRIVILEGES, b"")
+                RegistryEntry(
+                    gp.ISD_AID, CardLifeCycle.OP_READY, IssuerSecurityDomain.PRIVILEGES, b""
+                )
             )
             KeySets(nvm, KeyStore(nvm)).put(gp.TEST_KEY_VERSION, StaticKeys.gp_test_keys())
             for app in applets:
-                registry.put(RegistryEntry(app.AID, app.INITIAL_LIFE_CYCLE, app.PRIVILEGES, _elf_of(app)))
+                registry.put(
+                    RegistryEntry(app.AID, app.INITIAL_LIFE_CYCLE, app.PRIVILEGES, _elf_of(app))
+                )
             card = cls(nvm, applets)
             for aid, applet in card._applets.items():
                 if aid != gp.ISD_AID:
@@ -161,7 +165,11 @@ class Card:
 
     @classmethod
     def open(
-        cls, state_dir: Path, *, durable: bool = True, applets: Sequence[type[Applet]] = DEFAULT_APPLETS
+        cls,
+        state_dir: Path,
+        *,
+        durable: bool = True,
+        applets: Sequence[type[Applet]] = DEFAULT_APPLETS,
     ) -> Card:
         return cls(Nvm.open(state_dir, durable=durable), applets)
 
@@ -180,7 +188,11 @@ class Card:
 
     def info(self) -> CardInfo:
         apps = tuple(
-            (e.aid, type(self._applets[e.aid]).__name__ if e.aid in self._applets else "?", e.life_cycle)
+            (
+                e.aid,
+                type(self._applets[e.aid]).__name__ if e.aid in self._applets else "?",
+                e.life_cycle,
+            )
             for e in self._registry.entries()
         )
         sets = []
@@ -295,7 +307,13 @@ class Card:
         if len(data) > EXTENDED_MAX_DATA:
             return int(SW.WRONG_LENGTH)
         return CommandApdu(
-            header[0], cmd.ins, cmd.p1, cmd.p2, data, cmd.le, extended=chain.extended or len(data) > 255
+            header[0],
+            cmd.ins,
+            cmd.p1,
+            cmd.p2,
+            data,
+            cmd.le,
+            extended=chain.extended or len(data) > 255,
         )
 
     def _deliver(self, data: bytes, sw: int, limit: int) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from iotid.apdu import ApduError, ApduFormatError, CommandApdu, DgiStream, parse_tlvs, tlv
+from iotid.crypto.aes import aes_kcv
 from iotid.crypto.padding import PaddingError, unpad_iso9797_m2
 from iotid.scp03 import StaticKeys, decrypt_sensitive
 from iotid.se.applet import Applet, AppletContext, ClaClass, handles
@@ -23,7 +24,6 @@ from iotid.se.securechannel import SecureChannelService
 from iotid.spec import gp
 from iotid.spec.gp import CardLifeCycle, DataTag, GpIns, IsdDgi, SecurityLevel
 from iotid.spec.iso7816 import SW
-from iotid.crypto.aes import aes_kcv
 
 MAX_KEY_SETS = 8
 _KEY_LENGTHS = (16, 24, 32)
@@ -47,7 +47,9 @@ class IssuerSecurityDomain(Applet):
     INITIAL_LIFE_CYCLE = CardLifeCycle.OP_READY
     SECURE_MESSAGING = True
 
-    def __init__(self, ctx: AppletContext, os: CardOs, keysets: KeySets, channel: SecureChannelService) -> None:
+    def __init__(
+        self, ctx: AppletContext, os: CardOs, keysets: KeySets, channel: SecureChannelService
+    ) -> None:
         super().__init__(ctx)
         self._os = os
         self.keysets = keysets
@@ -311,8 +313,9 @@ class IssuerSecurityDomain(Applet):
                     raise ApduError(SW.WRONG_DATA)
                 if not self.channel.security_level & SecurityLevel.C_DECRYPTION:
                     raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED)
-                value = self._decrypt_secret(value)
-            self._deliver(dgi, value)
+                self._deliver(dgi, self._decrypt_secret(value))
+            else:
+                self._deliver(dgi, value)
         self._next_block += 1
         if last:
             target = self._target_applet()
@@ -346,7 +349,11 @@ class IssuerSecurityDomain(Applet):
         if dgi in (IsdDgi.IIN, IsdDgi.CIN):
             self.store("iin" if dgi == IsdDgi.IIN else "cin", value)
         elif dgi == IsdDgi.SCP03_KEY_SET:
-            if len(value) < 1 + 3 * 16 or (len(value) - 1) % 3 or (len(value) - 1) // 3 not in _KEY_LENGTHS:
+            if (
+                len(value) < 1 + 3 * 16
+                or (len(value) - 1) % 3
+                or (len(value) - 1) // 3 not in _KEY_LENGTHS
+            ):
                 raise ApduError(SW.WRONG_DATA)
             n = (len(value) - 1) // 3
             kvn = value[0]
@@ -354,7 +361,9 @@ class IssuerSecurityDomain(Applet):
                 raise ApduError(SW.WRONG_DATA)
             if kvn not in self.keysets.versions() and len(self.keysets.versions()) >= MAX_KEY_SETS:
                 raise ApduError(SW.NOT_ENOUGH_MEMORY)
-            self.keysets.put(kvn, StaticKeys(value[1 : 1 + n], value[1 + n : 1 + 2 * n], value[1 + 2 * n :]))
+            self.keysets.put(
+                kvn, StaticKeys(value[1 : 1 + n], value[1 + n : 1 + 2 * n], value[1 + 2 * n :])
+            )
         else:
             raise ApduError(SW.REFERENCED_DATA_NOT_FOUND)
 
@@ -387,7 +396,11 @@ def _status_entry(e: RegistryEntry, tagged: bool, *, with_links: bool) -> bytes:
     privileges = e.privileges.to_bytes(3, "big")
     if not tagged:
         return bytes([len(e.aid)]) + e.aid + bytes([e.life_cycle, privileges[0]])
-    body = tlv(gp.TAG_AID, e.aid) + tlv(gp.TAG_LIFE_CYCLE, bytes([e.life_cycle])) + tlv(gp.TAG_PRIVILEGES, privileges)
+    body = (
+        tlv(gp.TAG_AID, e.aid)
+        + tlv(gp.TAG_LIFE_CYCLE, bytes([e.life_cycle]))
+        + tlv(gp.TAG_PRIVILEGES, privileges)
+    )
     if with_links:
         if e.elf_aid:
             body += tlv(gp.TAG_ELF_AID, e.elf_aid)
@@ -401,7 +414,11 @@ def _elf_entry(elf: bytes, modules: list[bytes], tagged: bool, with_modules: boo
         if with_modules:
             out += bytes([len(modules)]) + b"".join(bytes([len(m)]) + m for m in modules)
         return out
-    body = tlv(gp.TAG_AID, elf) + tlv(gp.TAG_LIFE_CYCLE, bytes([gp.ELF_LOADED])) + tlv(gp.TAG_ASSOCIATED_SD, gp.ISD_AID)
+    body = (
+        tlv(gp.TAG_AID, elf)
+        + tlv(gp.TAG_LIFE_CYCLE, bytes([gp.ELF_LOADED]))
+        + tlv(gp.TAG_ASSOCIATED_SD, gp.ISD_AID)
+    )
     if with_modules:
         body += b"".join(tlv(0x84, m) for m in modules)
     return tlv(gp.TAG_GP_REGISTRY_ENTRY, body)

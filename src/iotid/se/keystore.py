@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Union
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -24,11 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from iotid.se.nvm import Nvm
 from iotid.spec.algorithms import KeyAlg
 
-PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
-PublicKey = Union[ec.EllipticCurvePublicKey, rsa.RSAPublicKey]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 _PREFIX = "key/"
-_CURVES: dict[KeyAlg, ec.EllipticCurve] = {KeyAlg.EC_P256: ec.SECP256R1(), KeyAlg.EC_P384: ec.SECP384R1()}
+_CURVES: dict[KeyAlg, ec.EllipticCurve] = {
+    KeyAlg.EC_P256: ec.SECP256R1(),
+    KeyAlg.EC_P384: ec.SECP384R1(),
+}
 
 
 class KeyStoreError(Exception):
@@ -104,7 +106,9 @@ class KeyStore:
             if private.curve.name not in ("secp256r1", "secp384r1"):
                 raise KeyStoreError("only P-256 and P-384 curves")
         else:
-            alg = {2048: KeyAlg.RSA_2048, 3072: KeyAlg.RSA_3072}.get(private.key_size, KeyAlg.RSA_2048)
+            alg = {2048: KeyAlg.RSA_2048, 3072: KeyAlg.RSA_3072}.get(
+                private.key_size, KeyAlg.RSA_2048
+            )
             if private.key_size not in (2048, 3072):
                 raise KeyStoreError("only RSA-2048 and RSA-3072")
         der = private.private_bytes(
@@ -137,7 +141,7 @@ class KeyStore:
         return self._private(slot).public_key()
 
     def sign_digest(self, slot: str, digest: bytes, hash_name: str, *, pss: bool = True) -> bytes:
-        """Sign a precomputed digest: ECDSA (DER) or RSA (PSS with salt = digest length, or PKCS#1 v1.5)."""
+        """Sign a digest: ECDSA (DER) or RSA (PSS, salt = digest length; or PKCS#1 v1.5)."""
         key = self._private(slot)
         algorithm = _hash(hash_name)
         if len(digest) != algorithm.digest_size:

@@ -63,7 +63,7 @@ class Nvm:
 
     @classmethod
     def open(cls, state_dir: Path, *, durable: bool = True) -> Nvm:
-        """Load the image in ``state_dir``; a leftover temporary file from a torn commit is removed."""
+        """Load the image in ``state_dir``; a temporary file left by a torn commit is removed."""
         image = state_dir / IMAGE_NAME
         tmp = image.with_suffix(".tmp")
         if tmp.exists():

@@ -92,9 +92,7 @@ class Registry:
         entry = self.get(aid)
         if entry is None:
             raise ApduError(SW.REFERENCED_DATA_NOT_FOUND)
-        self.put(
-            RegistryEntry(entry.aid, state, entry.privileges, entry.elf_aid, entry.sd_aid)
-        )
+        self.put(RegistryEntry(entry.aid, state, entry.privileges, entry.elf_aid, entry.sd_aid))
 
 
 # GPC 2.3.1 Figure 5-1: allowed card life cycle transitions (TERMINATED reachable from any state).

@@ -63,7 +63,9 @@ class _Pending:
 class SecureChannelService:
     """One security domain's secure channel, as the GP API ``SecureChannel`` interface."""
 
-    def __init__(self, keysets: KeySets, sd_aid: bytes, kdd: bytes, i_param: int = DEFAULT_I) -> None:
+    def __init__(
+        self, keysets: KeySets, sd_aid: bytes, kdd: bytes, i_param: int = DEFAULT_I
+    ) -> None:
         self._keysets = keysets
         self._aid = sd_aid
         self._kdd = kdd[:KDD_LEN].rjust(KDD_LEN, b"\x00")
@@ -175,7 +177,9 @@ class SecureChannelService:
         except ScpError:
             self.abort()
             raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED) from None
-        expected = host_cryptogram(pending.session.s_mac, pending.host_challenge, pending.card_challenge)
+        expected = host_cryptogram(
+            pending.session.s_mac, pending.host_challenge, pending.card_challenge
+        )
         if not hmac.compare_digest(received, expected):
             raise ApduError(SW.AUTHENTICATION_FAILED)
         self._channel = channel

@@ -2,5 +2,6 @@
 applet. The card (``iotid.se``) and the host (``iotid.host``) both import from here; neither spells
 a bare instruction byte, tag or status word.
 
-Not in scope: encoding and parsing (``iotid.apdu``), cryptography (``iotid.crypto``, ``iotid.scp03``).
+Not in scope: encoding and parsing (``iotid.apdu``), cryptography (``iotid.crypto``,
+``iotid.scp03``).
 """

@@ -66,4 +66,6 @@ class KeyAlg(IntEnum):
         try:
             return table[name.lower()]
         except KeyError:
-            raise ValueError(f"unknown algorithm {name!r}; expected one of {sorted(table)}") from None
+            raise ValueError(
+                f"unknown algorithm {name!r}; expected one of {sorted(table)}"
+            ) from None

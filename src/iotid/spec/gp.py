@@ -204,7 +204,7 @@ class IsdDgi(IntEnum):
 
     IIN = 0x0042
     CIN = 0x0045
-    #: A whole SCP03 key set: KVN(1) || Key-ENC || Key-MAC || Key-DEK, zero-padded to 16n, under DEK.
+    #: A whole SCP03 key set: KVN(1) || Key-ENC || Key-MAC || Key-DEK (padded, under Key-DEK).
     SCP03_KEY_SET = 0x8F01
 
 

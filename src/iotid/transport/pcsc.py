@@ -17,6 +17,7 @@ from typing import Any
 
 from smartcard import scard
 from smartcard.Exceptions import CardConnectionException, NoCardException, SmartcardException
+from smartcard.pcsc.PCSCExceptions import BaseSCardException
 from smartcard.pcsc.PCSCReader import PCSCReader
 from smartcard.System import readers as _pyscard_readers
 
@@ -27,6 +28,8 @@ __all__ = ["PcscConnection", "list_readers"]
 _log = logger.getChild("pcsc")
 
 _POLL_INTERVAL = 0.1
+# pyscard raises two unrelated exception families (smartcard.Exceptions, PCSCExceptions).
+_PYSCARD_ERRORS = (SmartcardException, BaseSCardException)
 
 # PC/SC return codes (pcsc-lite pcsclite.h) meaning the card is no longer there.
 _REMOVED = frozenset(
@@ -55,7 +58,7 @@ def list_readers() -> list[str]:
     """Names of the PC/SC readers, in pcscd's order. ``TransportError`` if pcscd is not there."""
     try:
         found: list[Any] = list(_pyscard_readers())
-    except SmartcardException as exc:
+    except _PYSCARD_ERRORS as exc:
         raise TransportError(f"PC/SC service unavailable: {exc}") from exc
     return [str(r) for r in found]
 
@@ -93,7 +96,7 @@ class PcscConnection(Connection):
             time.sleep(_POLL_INTERVAL)
         try:
             self._atr = bytes(self._conn.getATR())
-        except SmartcardException as exc:
+        except _PYSCARD_ERRORS as exc:
             self._release()
             raise self._error(exc, "reading the ATR") from exc
         _log.info("connected to the card in %r", self._reader)
@@ -124,11 +127,11 @@ class PcscConnection(Connection):
         try:
             conn = PCSCReader(name).createConnection()
             conn.connect()  # shared mode, T=0 or T=1 as the ATR allows
-        except SmartcardException as exc:
+        except _PYSCARD_ERRORS as exc:
             if conn is not None:
                 try:
                     conn.release()
-                except SmartcardException:
+                except _PYSCARD_ERRORS:
                     _log.debug("releasing a failed connection to %r failed", name)
             if isinstance(exc, NoCardException):
                 return None, f"no card in {name!r}"
@@ -152,7 +155,7 @@ class PcscConnection(Connection):
     def closed(self) -> bool:
         return self._closed
 
-    def _error(self, exc: SmartcardException, doing: str) -> TransportError:
+    def _error(self, exc: Exception, doing: str) -> TransportError:
         if _is_removed(exc):
             return CardRemovedError(f"card removed from {self._reader!r} while {doing}")
         return TransportError(f"PC/SC error from {self._reader!r} while {doing}: {exc}")
@@ -173,7 +176,7 @@ class PcscConnection(Connection):
                         f"card in {self._reader!r} was reset by another application"
                     ) from exc
                 raise self._error(exc, "transmitting") from exc
-            except SmartcardException as exc:
+            except _PYSCARD_ERRORS as exc:
                 raise self._error(exc, "transmitting") from exc
             response = bytes(data) + bytes((sw1, sw2))
             log_traffic("<<", response, _log)
@@ -184,7 +187,7 @@ class PcscConnection(Connection):
         disposition = self._conn.disposition
         try:
             self._conn.reconnect(disposition=scard.SCARD_LEAVE_CARD)
-        except SmartcardException:
+        except _PYSCARD_ERRORS:
             _log.debug("reconnect after reset failed", exc_info=True)
         self._conn.disposition = disposition  # close still powers the card off
 
@@ -194,11 +197,11 @@ class PcscConnection(Connection):
             return
         try:
             conn.disconnect()
-        except SmartcardException:
+        except _PYSCARD_ERRORS:
             _log.debug("disconnect from %r failed", self._reader, exc_info=True)
         try:
             conn.release()
-        except SmartcardException:
+        except _PYSCARD_ERRORS:
             _log.debug("releasing the PC/SC context failed", exc_info=True)
 
     def close(self) -> None:

@@ -138,28 +138,32 @@ class VpcdClient:
         failures = 0
         try:
             while not self._stopping():
-                try:
-                    sock = socket.create_connection(
-                        (self._host, self._port), timeout=_CONNECT_TIMEOUT
-                    )
-                except OSError as exc:
+                sock = self._connect(failures)
+                if sock is None:
                     failures += 1
-                    level = logging.WARNING if failures == 1 else logging.DEBUG
-                    _log.log(
-                        level,
-                        "cannot reach vpcd reader at %s:%d (%s); retrying",
-                        self._host,
-                        self._port,
-                        exc,
-                    )
-                    self._sleep(self._reconnect_delay)
-                    continue
-                failures = 0
-                self._session(sock)
-                if not self._stopping():
-                    self._sleep(self._reconnect_delay)
+                else:
+                    failures = 0
+                    self._session(sock)
+                self._sleep(self._reconnect_delay)
         finally:
             self._external_stop = None
+
+    def _connect(self, failures: int) -> socket.socket | None:
+        """One attempt to reach the reader; a warning for the first failure in a row only."""
+        try:
+            sock = socket.create_connection((self._host, self._port), timeout=_CONNECT_TIMEOUT)
+        except OSError as exc:
+            level = logging.DEBUG if failures else logging.WARNING
+            _log.log(level, "cannot reach vpcd reader at %s:%d (%s)", self._host, self._port, exc)
+            return None
+        try:
+            if sock.getsockname() != sock.getpeername():
+                return sock
+            # TCP simultaneous open to itself: nothing listens on that (ephemeral) port.
+        except OSError:
+            pass
+        sock.close()
+        return None
 
     def _session(self, sock: socket.socket) -> None:
         """One reader connection: serve frames until it drops or we are stopped."""

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# README command 2: install everything the tests need, start the services, run lint, types,
+# import contracts and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh --test
+scripts/services.sh
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== ruff";          ruff check src tests bench
+echo "== ruff format";   ruff format --check src tests bench
+echo "== mypy";          mypy
+echo "== import-linter"; lint-imports
+echo "== pytest";        pytest -q "$@"

@@ -1,0 +1,1 @@
+"""Command line: thin (parse, call, print). Nothing imports ``iotid.cli``."""

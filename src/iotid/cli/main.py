@@ -1,0 +1,64 @@
+"""The ``iotid`` command: sub-command groups and ``iotid demo``.
+
+Scope: argument parsing and rendering only; the work is done by the library.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from iotid.cli.se import se_app
+from iotid.demo import NOT_YET_BUILT, Step, run_demo
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="iotid: hardware-backed identity for IoT fleets.",
+)
+app.add_typer(se_app, name="se")
+console = Console()
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Keep the demo's state here (default: a temporary directory)."),
+    ] = None,
+) -> None:
+    """Run what iotid has built so far, end to end, and report."""
+    console.print(
+        "[bold]iotid demo[/bold] — built so far: the secure element core "
+        "(card OS, GlobalPlatform ISD over SCP03, host shim)."
+    )
+    with tempfile.TemporaryDirectory(prefix="iotid-demo-") as tmp:
+        base = directory or Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+
+        def show(step: Step) -> None:
+            mark = "[green]ok[/green]" if step.ok else "[red]FAILED[/red]"
+            console.print(f"  {mark}  {step.name}: {step.detail}")
+
+        with console.status("running"):
+            report = run_demo(base, show)
+    table = Table(title=f"card {report.uid}")
+    table.add_column("step")
+    table.add_column("result")
+    for step in report.steps:
+        table.add_row(step.name, "ok" if step.ok else "FAILED")
+    console.print(table)
+    console.print("[yellow]Not built yet:[/yellow] " + "; ".join(NOT_YET_BUILT) + ".")
+    if not report.ok:
+        console.print("[red]demo failed[/red]")
+        raise typer.Exit(1)
+    console.print("[green]demo passed[/green]")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
