@@ -30,6 +30,10 @@ NOT_YET_BUILT = (
 )
 
 
+#: Steps ``run_demo`` reports (for progress bars).
+TOTAL_STEPS = 17
+
+
 @dataclass
 class Step:
     name: str

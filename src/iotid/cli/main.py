@@ -11,10 +11,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from iotid.cli.se import se_app
-from iotid.demo import NOT_YET_BUILT, Step, run_demo
+from iotid.demo import NOT_YET_BUILT, TOTAL_STEPS, Step, run_demo
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -41,17 +42,23 @@ def demo(
         base = directory or Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
 
-        def show(step: Step) -> None:
-            mark = "[green]ok[/green]" if step.ok else "[red]FAILED[/red]"
-            console.print(f"  {mark}  {step.name}: {step.detail}")
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as progress:
+            task = progress.add_task("secure element core", total=TOTAL_STEPS)
 
-        with console.status("running"):
-            report = run_demo(base, show)
+            def advance(step: Step) -> None:
+                progress.update(task, advance=1, description=step.name)
+
+            report = run_demo(base, advance)
     table = Table(title=f"card {report.uid}")
     table.add_column("step")
     table.add_column("result")
+    table.add_column("detail")
     for step in report.steps:
-        table.add_row(step.name, "ok" if step.ok else "FAILED")
+        table.add_row(
+            step.name, "[green]ok[/green]" if step.ok else "[red]FAILED[/red]", step.detail
+        )
     console.print(table)
     console.print("[yellow]Not built yet:[/yellow] " + "; ".join(NOT_YET_BUILT) + ".")
     if not report.ok:

@@ -160,6 +160,12 @@ class SecureChannel:
         self._aborted = True
         return error
 
+    def _check_received_class(self, cla: int) -> None:
+        try:
+            _check_channel_class(cla)
+        except ScpFormatError as error:
+            raise self._fail(error) from None
+
     def _command_mac(self, header: bytes, lc: bytes, data: bytes) -> bytes:
         # Amd D §6.2.4: CMAC_S-MAC(chain || CLA' INS P1 P2 Lc' || data); Lc' counts the C-MAC.
         message = self._mac_chain + bytes((_mac_cla(header[0]),)) + header[1:4] + lc + data
@@ -216,7 +222,7 @@ class SecureChannel:
         is malformed or its P1 is not this channel's level.
         """
         self._require(initiated=False)
-        _check_channel_class(cmd.cla)
+        self._check_received_class(cmd.cla)
         if cmd.ins != GpIns.EXTERNAL_AUTHENTICATE or cmd.p1 != self.level or cmd.p2 != 0:
             raise self._fail(ScpFormatError("not an EXTERNAL AUTHENTICATE for this level"))
         if len(cmd.data) != CRYPTOGRAM_LENGTH + MAC_LENGTH:
@@ -245,17 +251,19 @@ class SecureChannel:
         _check_channel_class(cmd.cla)
         if cmd.cla & CLA_SECURE_MESSAGING:
             raise ScpFormatError("command already carries the secure-messaging indicator")
+        data = cmd.data
+        encrypt = self._has(SecurityLevel.C_DECRYPTION) and bool(data or encrypt_empty)
+        if encrypt:
+            data = pad_iso9797_m2(data)
+        total = len(data) + MAC_LENGTH
+        if self._has(SecurityLevel.C_MAC) and total > EXTENDED_MAX_DATA:
+            raise ScpFormatError("protected command data exceed 65535 bytes")
+        # Checks done: from here on the command counts (Amd D §6.2.6, every command).
         counter = self._next_counter()
         if not self._has(SecurityLevel.C_MAC):
             return cmd  # level 00: no secure messaging (Amd D Table 7-6)
-        data = cmd.data
-        if self._has(SecurityLevel.C_DECRYPTION) and (data or encrypt_empty):
-            data = aes_cbc_encrypt(
-                self._keys.s_enc, self._command_icv(counter), pad_iso9797_m2(data)
-            )
-        total = len(data) + MAC_LENGTH
-        if total > EXTENDED_MAX_DATA:
-            raise ScpFormatError("protected command data exceed 65535 bytes")
+        if encrypt:
+            data = aes_cbc_encrypt(self._keys.s_enc, self._command_icv(counter), data)
         extended = cmd.extended or total > SHORT_MAX_DATA
         lc = b"\x00" + total.to_bytes(2, "big") if extended else bytes((total,))
         full = self._command_mac(cmd.header(), lc, data)
@@ -311,7 +319,7 @@ class SecureChannel:
         too short to hold a C-MAC or with a bad encrypted data field.
         """
         self._require(initiated=True)
-        _check_channel_class(cmd.cla)
+        self._check_received_class(cmd.cla)
         counter = self._next_counter()
         secured = bool(cmd.cla & CLA_SECURE_MESSAGING)
         if not self._has(SecurityLevel.C_MAC):
