@@ -78,10 +78,15 @@ class ScpFormatError(ScpError):
     MAC."""
 
 
+_CHANNEL_BITS = 0x03
+_CLA_B4 = 0x08
+
+
 def _mac_cla(cla: int) -> int:
     # Amd D §6.2.4: the CLA covered by the C-MAC has the logical channel number set to zero,
-    # b4 = 0 and b3 = 1 (GP proprietary secure messaging); b8 (proprietary class) is kept.
-    return (cla & CLA_PROPRIETARY) | CLA_SECURE_MESSAGING
+    # b4 = 0 and b3 = 1 (GP proprietary secure messaging); every other bit (b8 proprietary class,
+    # b6, b5 chaining) is covered as it is. The card refuses b4 and RFU bits before this.
+    return (cla & ~(_CHANNEL_BITS | _CLA_B4)) | CLA_SECURE_MESSAGING
 
 
 def _check_channel_class(cla: int) -> None:

@@ -261,8 +261,12 @@ class Card:
             self._pending = None
             self._chain = None
             return _sw(SW.WRONG_LENGTH)
-        if cmd.cla == 0xFF:
+        if cmd.cla == 0xFF or (not cmd.cla & 0x40 and cmd.cla & 0x20):
+            # FF is PPS; b6 is RFU in the first interindustry and the GP proprietary classes.
             return _sw(SW.CLA_NOT_SUPPORTED)
+        if not cmd.cla & 0x40 and cmd.cla & 0x08:
+            # SM indication 10/11 (ISO secure messaging): only GP's b3 (0x04) is supported.
+            return _sw(SW.SECURE_MESSAGING_NOT_SUPPORTED)
         if _channel_of(cmd.cla) != 0:
             return _sw(SW.LOGICAL_CHANNEL_NOT_SUPPORTED)
         # GET RESPONSE (ISO 7816-4 section 7.6.1) is plain, outside secure messaging.
