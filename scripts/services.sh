@@ -4,8 +4,8 @@
 #
 # Idempotent: does nothing when the vpcd port already listens; asks a running pcscd to re-read
 # /etc/reader.conf.d when the driver was installed after it started, and restarts it only if
-# that does not help. Needs root. Works without systemd (containers, CI runners): pcscd is
-# started as a plain background process with its log in $IOTID_PCSCD_LOG.
+# that does not help. Needs root. Under systemd it starts pcscd.service; without systemd
+# (containers, CI runners) pcscd runs as a plain background process logging to $IOTID_PCSCD_LOG.
 #
 # Environment: IOTID_VPCD_PORT (default: the CHANNELID of the vpcd reader.conf entry, else
 # 35963), IOTID_SERVICES_TIMEOUT (seconds, default 20), IOTID_PCSCD_LOG
@@ -52,20 +52,49 @@ wait_port() { # $1: seconds
     port_listening
 }
 
+# True when $1 is a live (not zombie) pcscd process.
+pcscd_alive() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    # /proc/PID/stat: "PID (comm) STATE ..."
+    [[ "$stat" == *"(pcscd) "* ]] && [[ "${stat##*) }" != Z* ]]
+}
+
 pcscd_pid() {
     local pid
     if [ -r "$PID_FILE" ]; then
         pid="$(tr -dc 0-9 <"$PID_FILE")"
-        if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = pcscd ]; then
+        if [ -n "$pid" ] && pcscd_alive "$pid"; then
             echo "$pid"
             return 0
         fi
     fi
-    pidof pcscd | awk '{ print $1 }'
+    for pid in $(pidof pcscd || true); do
+        if pcscd_alive "$pid"; then
+            echo "$pid"
+            return 0
+        fi
+    done
+    return 1
 }
 
 if port_listening; then
     say "vpcd reader already listening on port $PORT (pcscd pid $(pcscd_pid || echo '?')); nothing to do"
+    exit 0
+fi
+
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    # Under systemd pcscd is socket-activated: start (or restart) the service itself, since
+    # the vpcd port only listens once the daemon runs.
+    if systemctl is-active --quiet pcscd.service; then
+        say "restarting pcscd.service (running without the vpcd reader)"
+        systemctl restart pcscd.service
+    else
+        say "starting pcscd.service"
+        systemctl start pcscd.service
+    fi
+    wait_port "$TIMEOUT" || die "vpcd reader not listening on port $PORT after ${TIMEOUT}s"
+    say "pcscd.service running; vpcd reader listening on port $PORT"
     exit 0
 fi
 
@@ -81,10 +110,10 @@ if [ -n "$PID" ]; then
     say "still no vpcd reader: restarting pcscd (pid $PID)"
     kill -TERM "$PID" 2>/dev/null || true
     for _ in $(seq 50); do
-        kill -0 "$PID" 2>/dev/null || break
+        pcscd_alive "$PID" || break
         sleep 0.1
     done
-    if kill -0 "$PID" 2>/dev/null; then
+    if pcscd_alive "$PID"; then
         say "pcscd (pid $PID) ignored SIGTERM; killing it"
         kill -KILL "$PID" 2>/dev/null || true
         sleep 0.2

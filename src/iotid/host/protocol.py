@@ -107,11 +107,10 @@ class ScpProcessor:
         self.encrypt_empty = encrypt_empty
 
     def send(self, cmd: CommandApdu) -> ResponseApdu:
-        if self.extended != cmd.extended and (cmd.data or cmd.le is not None):
-            # Extended mode MACs 00 hi lo; in short mode the channel goes extended past 255 bytes.
-            cmd = CommandApdu(
-                cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, cmd.le, extended=self.extended
-            )
+        # Extended mode MACs 00 hi lo; in short mode the channel goes extended past 255 bytes.
+        want = self.extended or len(cmd.data) > SHORT_MAX_DATA
+        if want != cmd.extended and (cmd.data or cmd.le is not None):
+            cmd = CommandApdu(cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, cmd.le, extended=want)
         wrapped = self.channel.wrap_command(cmd, encrypt_empty=self.encrypt_empty)
         resp = self.delegate.send(wrapped)
         try:
