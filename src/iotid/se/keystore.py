@@ -168,6 +168,15 @@ class KeyStore:
             raise KeyStoreError(f"slot {slot!r} holds no EC key")
         return key.exchange(ec.ECDH(), peer)
 
+    def decrypt_oaep(self, slot: str, ciphertext: bytes, hash_name: str = "sha256") -> bytes:
+        """RSA-OAEP decryption with the slot's RSA key (MGF1 with the same hash, no label)."""
+        key = self._private(slot)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise KeyStoreError(f"slot {slot!r} holds no RSA key")
+        algorithm = _hash(hash_name)
+        pad = padding.OAEP(mgf=padding.MGF1(algorithm), algorithm=algorithm, label=None)
+        return key.decrypt(ciphertext, pad)
+
     # -- internals ----------------------------------------------------------------------------
     def _raw(self, slot: str) -> bytes:
         raw = self._nvm.get(_PREFIX + slot)
