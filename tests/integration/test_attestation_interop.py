@@ -185,24 +185,10 @@ def walk_chain(leaf: x509.Certificate, rest: list[x509.Certificate], root: x509.
 
 # -- pycose ------------------------------------------------------------------------------------
 def pycose_decode(data: bytes) -> Sign1Message:
-    """pycose's own ``Sign1Message.decode``, unmodified, whenever it can run.
-
-    pycose 1.1.0 cannot decode *any* tagged message under cbor2 >= 6: cbor2 6 returns what is
-    inside a tag immutable (the array as a tuple, maps as frozendict) and pycose insists on
-    ``list`` and ``dict`` ("Bytes cannot be decoded as COSE message", TimothyClaeys/pycose#141,
-    open). Then only that outer step is redone here: unwrap tag 18, make the array a list and the
-    unprotected map a dict, and hand them to pycose's own ``Sign1Message.from_cose_obj``. pycose
-    still parses the protected header bytes, builds the Sig_structure and checks the signature.
-    """
-    try:
-        return Sign1Message.decode(data)
-    except TypeError as exc:
-        if "cannot be decoded as COSE message" not in str(exc):
-            raise
-    item = cbor2.loads(data)
-    assert isinstance(item, cbor2.CBORTag) and item.tag == 18
-    protected, unprotected, payload, signature = item.value
-    return Sign1Message.from_cose_obj([protected, dict(unprotected), payload, signature], True)
+    """pycose's own ``Sign1Message.decode``, unmodified. (pycose 1.1 cannot decode tagged messages
+    under cbor2 >= 6, TimothyClaeys/pycose#141; the project pins cbor2 < 6, which python-cwt
+    requires as well.)"""
+    return Sign1Message.decode(data)
 
 
 def pycose_verify(quote: bytes) -> tuple[bool, Sign1Message, list[x509.Certificate]]:
@@ -382,3 +368,22 @@ def test_mixed_families_attestation_p256_identity_rsa() -> None:
     identity = dev.identity.public_key()
     assert isinstance(identity, rsa.RSAPublicKey)
     assert int.from_bytes(cnf.n, "big") == identity.public_numbers().n
+
+
+def test_python_cwt_verifies_the_quote(device: tuple[Device, int]) -> None:
+    """A second COSE implementation nobody here wrote: python-cwt, unmodified."""
+    from cwt import COSE, COSEKey
+
+    dev, cose_alg = device
+    family = {-7: "ES256", -35: "ES384", -37: "PS256"}[cose_alg]
+    nonce = bytes.fromhex("c0ffee") * 8
+    quote = dev.session().attest(nonce)
+    pem = (
+        dev.attestation_cert.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    payload = COSE.new().decode(quote, COSEKey.from_pem(pem, alg=family))
+    assert cbor2.loads(payload)[10] == nonce
+    tampered = quote[:-1] + bytes([quote[-1] ^ 1])
+    with pytest.raises(Exception, match="(?i)verif|signature|fail"):
+        COSE.new().decode(tampered, COSEKey.from_pem(pem, alg=family))

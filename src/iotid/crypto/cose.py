@@ -30,6 +30,9 @@ from enum import IntEnum, unique
 from typing import Any
 
 import cbor2
+from cbor2._decoder import CBORDecoder as _PyDecoder  # pure-Python decoder (5.x)
+from cbor2._types import CBORError as _PyCborError
+from cbor2._types import CBORTag as _PyTag
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -322,13 +325,46 @@ class Sign1:
         return sig_structure(protected, self.payload, external_aad)
 
 
+#: cbor2 5.x: the C and the pure-Python decoders have distinct tag classes.
+_TAG_TYPES = (cbor2.CBORTag, _PyTag)
+
+
+class _StrictDecoder5(_PyDecoder):
+    """cbor2 5.x has no ``allow_duplicate_keys``: count each map's entries against its declared
+    length, and refuse indefinite-length maps (not deterministic encoding, RFC 8949 section 4.2).
+    Every nested item is decoded through :meth:`decode`, so the check reaches every map."""
+
+    def decode(self, immutable: bool = False, unshared: bool = False) -> Any:
+        start = self.fp.tell()
+        initial = self.fp.read(1)
+        self.fp.seek(start)
+        if not initial or initial[0] >> 5 != 5:  # major type 5: map
+            return super().decode(immutable, unshared)
+        self.fp.seek(start + 1)
+        declared = self._decode_length(initial[0] & 31, allow_indefinite=True)
+        self.fp.seek(start)
+        if declared is None:
+            raise ValueError("indefinite-length map")
+        result = super().decode(immutable, unshared)
+        if len(result) != declared:
+            raise ValueError("duplicate map key")
+        return result
+
+
+def _strict_decoder(fp: io.BytesIO) -> Any:
+    try:  # cbor2 >= 6
+        return cbor2.CBORDecoder(fp, allow_duplicate_keys=False, max_depth=32)  # type: ignore[call-arg]
+    except TypeError:
+        return _StrictDecoder5(fp)
+
+
 def decode_cbor(data: bytes) -> Any:
     """Exactly one CBOR data item, duplicate map keys refused (RFC 9052 §3: no duplicate labels;
     RFC 8392 §7.2: a CWT with duplicate claim keys is invalid). CoseError if malformed."""
     fp = io.BytesIO(data)
     try:
-        item = cbor2.CBORDecoder(fp, allow_duplicate_keys=False, max_depth=32).decode()
-    except (cbor2.CBORError, ValueError, TypeError, RecursionError):
+        item = _strict_decoder(fp).decode()
+    except (cbor2.CBORError, _PyCborError, EOFError, ValueError, TypeError, RecursionError):
         raise CoseError("not well-formed CBOR") from None
     if fp.tell() != len(data):
         raise CoseError("trailing bytes after the CBOR item")
@@ -338,8 +374,8 @@ def decode_cbor(data: bytes) -> Any:
 def decode_sign1(data: bytes, *, require_tag: bool = False) -> Sign1:
     """Parse a COSE_Sign1 (tagged 18 or untagged). Structure only: no signature check."""
     item = decode_cbor(data)
-    tagged = isinstance(item, cbor2.CBORTag)
-    if isinstance(item, cbor2.CBORTag):
+    tagged = isinstance(item, _TAG_TYPES)
+    if isinstance(item, _TAG_TYPES):
         if item.tag != SIGN1_TAG:
             raise CoseError(f"CBOR tag {item.tag} is not COSE_Sign1 ({SIGN1_TAG})")
         item = item.value
