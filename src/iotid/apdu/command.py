@@ -97,35 +97,36 @@ class CommandApdu:
         if n < _HEADER_LEN:
             raise ApduFormatError(f"command APDU shorter than the 4-byte header ({n} bytes)")
         cla, ins, p1, p2 = raw[0], raw[1], raw[2], raw[3]
-        body = raw[_HEADER_LEN:]
-        b = len(body)
+        # Offsets into ``raw`` rather than a body slice: the data field is copied once.
+        h = _HEADER_LEN
+        b = n - h
         if b == 0:  # case 1
             return cls(cla, ins, p1, p2)
         if b == 1:  # case 2S: Le byte, 00 means 256
-            return cls(cla, ins, p1, p2, le=body[0] or SHORT_MAX_LE)
-        if body[0] != 0:  # short Lc: case 3S or 4S
-            lc = body[0]
+            return cls(cla, ins, p1, p2, le=raw[h] or SHORT_MAX_LE)
+        if raw[h] != 0:  # short Lc: case 3S or 4S
+            lc = raw[h]
             if b == 1 + lc:
-                return cls(cla, ins, p1, p2, data=body[1:])
+                return cls(cla, ins, p1, p2, data=raw[h + 1 :])
             if b == 2 + lc:
-                return cls(cla, ins, p1, p2, data=body[1:-1], le=body[-1] or SHORT_MAX_LE)
+                return cls(cla, ins, p1, p2, data=raw[h + 1 : -1], le=raw[-1] or SHORT_MAX_LE)
             raise ApduFormatError(
                 f"short Lc={lc} does not match body length {b} (expected {1 + lc} or {2 + lc})"
             )
-        # body[0] == 00 and more bytes follow: extended length.
+        # raw[h] == 00 and more bytes follow: extended length.
         if b == 3:  # case 2E: 00 hi lo, 0000 means 65536
-            le = int.from_bytes(body[1:3], "big") or EXTENDED_MAX_LE
+            le = int.from_bytes(raw[h + 1 : h + 3], "big") or EXTENDED_MAX_LE
             return cls(cla, ins, p1, p2, le=le, extended=True)
         if b < 3:
             raise ApduFormatError(f"truncated extended length field ({b} bytes after header)")
-        lc = int.from_bytes(body[1:3], "big")
+        lc = int.from_bytes(raw[h + 1 : h + 3], "big")
         if lc == 0:
             raise ApduFormatError("extended Lc is 0000 but data follows")
         if b == 3 + lc:  # case 3E
-            return cls(cla, ins, p1, p2, data=body[3:], extended=True)
+            return cls(cla, ins, p1, p2, data=raw[h + 3 :], extended=True)
         if b == 5 + lc:  # case 4E: Le is 2 bytes, 0000 means 65536
-            le = int.from_bytes(body[-2:], "big") or EXTENDED_MAX_LE
-            return cls(cla, ins, p1, p2, data=body[3:-2], le=le, extended=True)
+            le = int.from_bytes(raw[-2:], "big") or EXTENDED_MAX_LE
+            return cls(cla, ins, p1, p2, data=raw[h + 3 : -2], le=le, extended=True)
         raise ApduFormatError(
             f"extended Lc={lc} does not match body length {b} (expected {3 + lc} or {5 + lc})"
         )
@@ -154,7 +155,8 @@ class CommandApdu:
 
     def encode(self) -> bytes:
         """The wire bytes; ``CommandApdu.parse(c.encode()) == c``."""
-        return self.header() + self.lc_field() + self.data + self._le_field()
+        # One join: the data field (up to 64 KiB) is copied once.
+        return b"".join((self.header(), self.lc_field(), self.data, self._le_field()))
 
     @property
     def case(self) -> int:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from iotid.cli.device import device_app
 from iotid.cli.se import se_app
 from iotid.demo import NOT_YET_BUILT, TOTAL_STEPS, Step, run_demo
 
@@ -23,6 +24,7 @@ app = typer.Typer(
     help="iotid: hardware-backed identity for IoT fleets.",
 )
 app.add_typer(se_app, name="se")
+app.add_typer(device_app, name="device")
 console = Console()
 
 

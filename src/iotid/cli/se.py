@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 from rich.table import Table
 
+from iotid.apdu import ApduError
+from iotid.connect import open_connection
+from iotid.factory.devpki import DevPki, identity_alg
+from iotid.host.errors import HostError
+from iotid.host.personalisation import PersonalisationPlan
+from iotid.host.personalisation import personalise as run_personalisation
 from iotid.se import Card, NvmError
 from iotid.spec.gp import AppLifeCycle, CardLifeCycle
 from iotid.transport.vpcd import parse_endpoint, serve_forever
@@ -75,6 +82,61 @@ def info(state: Annotated[Path, typer.Argument(help="Card state directory.")]) -
     for kvn, length, test in facts.key_sets:
         keys.add_row(f"0x{kvn:02X}", f"{length * 8}-bit", "GP TEST KEYS" if test else "")
     console.print(keys)
+
+
+@se_app.command()
+def personalise(
+    state: Annotated[Path, typer.Argument(help="Card state directory (a fresh card).")],
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Use a development PKI (required today).")
+    ] = False,
+    dev_pki: Annotated[
+        Path | None, typer.Option("--dev-pki", help="Development PKI directory.")
+    ] = None,
+    alg: Annotated[str, typer.Option(help="p256, p384, rsa2048 or rsa3072.")] = "p256",
+    firmware_key: Annotated[
+        list[Path] | None,
+        typer.Option("--firmware-key", help="Firmware issuance public key (PEM)."),
+    ] = None,
+    rollback_floor: Annotated[int, typer.Option(help="Initial anti-rollback floor.")] = 0,
+) -> None:
+    """Personalise a card over SCP03: applets, attestation chain, new ISD keys, SECURED."""
+    if not dev or dev_pki is None:
+        console.print(
+            "[red]error:[/red] only --dev --dev-pki DIR exists today "
+            "(the factory ceremony comes next)"
+        )
+        raise typer.Exit(2)
+    err = Console(stderr=True)
+    err.print(
+        "[bold red]DEVELOPMENT PERSONALISATION[/bold red]: keys come from an unprotected "
+        "development "
+        f"PKI in {dev_pki}; never ship such a card."
+    )
+    try:
+        identity = identity_alg(alg)
+        pki = DevPki.load_or_create(dev_pki)
+        fw_keys = [serialization.load_pem_public_key(p.read_bytes()) for p in firmware_key or []]
+        if not fw_keys:
+            fw_keys = [pki.firmware_key.public_key()]
+        plan = PersonalisationPlan(
+            alg=identity,
+            master_key=pki.master_key,
+            operator_rekey_key=pki.operator_key.public_key(),
+            certify=lambda public, uid: (pki.certify_attestation_key(public, uid), pki.batch_cert),
+            firmware_keys=tuple(fw_keys),  # type: ignore[arg-type]
+            rotation_authority=pki.rotation_key.public_key(),
+            rollback_floor=rollback_floor,
+        )
+        result = run_personalisation(open_connection(state), plan, isd_keys_for=pki.isd_keys)
+    except (ValueError, OSError, HostError, ApduError, NvmError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"card {result.uid.hex().upper()} personalised ({identity.name}), SECURED")
+    console.print(
+        f"attestation certificate: {result.attestation_certificate.subject.rfc4514_string()}"
+    )
+    console.print(f"trust anchor: {dev_pki / 'root.pem'}")
 
 
 @se_app.command()

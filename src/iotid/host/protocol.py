@@ -23,7 +23,14 @@ from iotid.apdu import (
 )
 from iotid.host.errors import BadResponseError
 from iotid.scp03 import ScpError, SecureChannel
-from iotid.spec.iso7816 import CLA_SECURE_MESSAGING, SELECT_BY_DF_NAME, SHORT_MAX_DATA, SW, Ins
+from iotid.spec.iso7816 import (
+    CLA_SECURE_MESSAGING,
+    SELECT_BY_DF_NAME,
+    SHORT_MAX_DATA,
+    SHORT_MAX_LE,
+    SW,
+    Ins,
+)
 from iotid.transport.base import Connection
 
 #: Follow at most this many 61xx answers (64 KiB in 256-byte pieces, plus margin).
@@ -149,9 +156,10 @@ class SmartCardProtocol:
         self, cla: int, ins: int, p1: int, p2: int, data: bytes = b"", le: int | None = None
     ) -> bytes:
         """Send and return the data of a 9000 answer; any other status word raises ApduError."""
-        resp = self.send(
-            CommandApdu(cla, ins, p1, p2, data, le, extended=len(data) > SHORT_MAX_DATA)
-        )
+        if le is not None and le > SHORT_MAX_LE and not self.extended:
+            le = SHORT_MAX_LE  # short APDUs ask for 256 at most; the rest comes through 61xx
+        extended = len(data) > SHORT_MAX_DATA or (le or 0) > SHORT_MAX_LE
+        resp = self.send(CommandApdu(cla, ins, p1, p2, data, le, extended=extended))
         if resp.sw != SW.OK:
             raise ApduError(resp.sw, resp.data)
         return resp.data

@@ -59,6 +59,7 @@ class SecurityDomainSession:
         )
         self.protocol.select(gp.ISD_AID)
         self._keys: StaticKeys | None = None
+        self._next_block = 0
 
     def __repr__(self) -> str:
         return f"SecurityDomainSession(authenticated={self._keys is not None})"
@@ -166,9 +167,16 @@ class SecurityDomainSession:
     def install_for_personalization(self, aid: bytes) -> None:
         data = b"\x00\x00" + bytes([len(aid)]) + aid + b"\x00\x00\x00"
         self.protocol.transmit(0x80, GpIns.INSTALL, gp.INSTALL_FOR_PERSONALIZATION, 0x00, data, 256)
+        self._next_block = 0
 
-    def store_data(self, dgis: Iterable[tuple[int, bytes]], *, block: int = STORE_BLOCK) -> None:
-        """STORE DATA, DGI format; secret DGIs (8000-8FFF) padded and encrypted under Key-DEK."""
+    def store_data(
+        self, dgis: Iterable[tuple[int, bytes]], *, last: bool = True, block: int = STORE_BLOCK
+    ) -> None:
+        """STORE DATA, DGI format; secret DGIs (8000-8FFF) padded and encrypted under Key-DEK.
+
+        Block numbers continue across calls until one with ``last`` (the default) ends the
+        personalisation of the current target.
+        """
         stream = b""
         has_secret = False
         for tag, value in dgis:
@@ -181,7 +189,9 @@ class SecurityDomainSession:
         ]
         enc = gp.STORE_ENC_APPLICATION if has_secret else gp.STORE_ENC_NONE
         for n, chunk in enumerate(blocks):
-            last = gp.STORE_LAST_BLOCK if n == len(blocks) - 1 else 0
-            self.protocol.transmit(
-                0x80, GpIns.STORE_DATA, last | enc | gp.STORE_FORMAT_DGI, n & 0xFF, chunk, None
-            )
+            final = gp.STORE_LAST_BLOCK if last and n == len(blocks) - 1 else 0
+            p1 = final | enc | gp.STORE_FORMAT_DGI
+            self.protocol.transmit(0x80, GpIns.STORE_DATA, p1, self._next_block & 0xFF, chunk, None)
+            self._next_block += 1
+        if last:
+            self._next_block = 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from iotid.apdu import ApduError, ApduFormatError, CommandApdu, ResponseApdu, chunk_response
 from iotid.scp03 import StaticKeys
 from iotid.se.applet import Applet, AppletContext, Reply
+from iotid.se.applets import IDENTITY_APPLETS
 from iotid.se.isd import IssuerSecurityDomain
 from iotid.se.keysets import KeySets
 from iotid.se.keystore import KeyStore
@@ -60,8 +61,8 @@ def _atr() -> bytes:
 
 ATR = _atr()
 
-#: The applications a new card carries (ROM applications); the identity applets add themselves here.
-DEFAULT_APPLETS: tuple[type[Applet], ...] = ()
+#: The applications a new card carries (ROM applications): the five identity applets.
+DEFAULT_APPLETS: tuple[type[Applet], ...] = IDENTITY_APPLETS
 
 
 def build_cplc(uid: bytes) -> bytes:

@@ -79,7 +79,7 @@ class IdentityStore:
         """The active key object, for card-internal builders that sign with it (e.g. a CSR built
         and signed inside the card). Never serialise it or hand it out of the card."""
         self.require_active()
-        return self._keys._private(ACTIVE_SLOT)  # noqa: SLF001 - the card's own key store
+        return self._keys._private(ACTIVE_SLOT)
 
     # -- provisioning -------------------------------------------------------------------------
     def provision(self, private: PrivateKey) -> PublicKey:
@@ -115,7 +115,7 @@ class IdentityStore:
         self._keys.destroy(PENDING_SLOT)
 
     def commit_pending(self) -> int:
-        """Pending becomes active (epoch + 1); the old active key is retired. Returns the new epoch."""
+        """Pending becomes active (epoch + 1), the old active key is retired; the new epoch."""
         self.require_active()
         if not self._keys.has(PENDING_SLOT):
             raise ApduError(SW.CONDITIONS_NOT_SATISFIED)
@@ -145,8 +145,10 @@ class IdentityStore:
             raise ApduError(SW.REFERENCED_DATA_NOT_FOUND)
         return self._keys.public_key(slot)
 
-    def decrypt_oaep_retired(self, epoch: int, ciphertext: bytes, hash_name: str = "sha256") -> bytes:
-        """RSA fleets: OAEP decryption with a retired RSA key (ValueError if it does not decrypt)."""
+    def decrypt_oaep_retired(
+        self, epoch: int, ciphertext: bytes, hash_name: str = "sha256"
+    ) -> bytes:
+        """RSA fleets: OAEP decryption with a retired RSA key (ValueError if it fails)."""
         slot = _RETIRED_PREFIX + str(epoch)
         if not self._keys.has(slot):
             raise ApduError(SW.REFERENCED_DATA_NOT_FOUND)

@@ -63,13 +63,23 @@ class Registry:
 
     def __init__(self, nvm: Nvm) -> None:
         self._nvm = nvm
+        # Decoded entries keyed by AID, valid while the record's bytes are the same object/value:
+        # the card OS reads the ISD entry (the card life cycle) on every APDU.
+        self._cache: dict[bytes, tuple[bytes, RegistryEntry]] = {}
 
     def put(self, entry: RegistryEntry) -> None:
         self._nvm.put(_PREFIX + entry.aid.hex(), entry.encode())
 
     def get(self, aid: bytes) -> RegistryEntry | None:
         raw = self._nvm.get(_PREFIX + aid.hex())
-        return None if raw is None else RegistryEntry.decode(aid, raw)
+        if raw is None:
+            return None
+        cached = self._cache.get(aid)
+        if cached is not None and (cached[0] is raw or cached[0] == raw):
+            return cached[1]
+        entry = RegistryEntry.decode(aid, raw)
+        self._cache[aid] = (raw, entry)
+        return entry
 
     def entries(self) -> list[RegistryEntry]:
         out = []

@@ -1,0 +1,282 @@
+"""``iotid device``: what the host MCU does with its secure element, from a shell.
+
+Scope: thin wrappers over the host shim's sessions; SE is a card state directory or
+``pcsc:READER``. Outputs are scriptable (PEM, JSON, files); errors are one line on stderr with
+exit status 2 (``verify-firmware``: 0 valid, 1 invalid, 2 error). Never prints key material.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from iotid.apdu import ApduError
+from iotid.connect import TargetError, open_connection
+from iotid.host.errors import HostError
+from iotid.host.secureelement import SecureElement
+from iotid.host.tls import connect
+from iotid.transport.base import TransportError
+
+device_app = typer.Typer(
+    no_args_is_help=True, help="The device side: provision, attest, mTLS, firmware, rotation."
+)
+SeOption = Annotated[str, typer.Option("--se", help="Card state directory or pcsc:READER.")]
+_ERRORS = (ApduError, HostError, TransportError, TargetError, ValueError, OSError)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _se(target: str) -> Iterator[SecureElement]:
+    try:
+        se = SecureElement(open_connection(target))
+    except _ERRORS as exc:
+        raise _fail(str(exc)) from None
+    try:
+        yield se
+    except _ERRORS as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        se.close()
+
+
+def _pem(key: object) -> str:
+    assert hasattr(key, "public_bytes")  # noqa: S101 - public keys only
+    der: bytes = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der.decode()
+
+
+@device_app.command()
+def provision(se: SeOption) -> None:
+    """First boot: derive the identity key inside the SE; prints its public key (PEM)."""
+    with _se(se) as s:
+        typer.echo(_pem(s.provisioning.provision()), nl=False)
+
+
+@device_app.command()
+def pubkey(se: SeOption) -> None:
+    """The active identity public key (PEM)."""
+    with _se(se) as s:
+        typer.echo(s.provisioning.public_key().pem(), nl=False)
+
+
+@device_app.command()
+def attest(
+    se: SeOption,
+    nonce: Annotated[str, typer.Option(help="Verifier nonce, hex (8-64 bytes).")],
+    out: Annotated[Path, typer.Option(help="Where to write the quote (COSE_Sign1, CBOR).")],
+) -> None:
+    """A signed quote (EAT in COSE_Sign1) over UID, identity key and the nonce."""
+    try:
+        raw_nonce = bytes.fromhex(nonce)
+    except ValueError:
+        raise _fail("--nonce must be hex") from None
+    with _se(se) as s:
+        quote = s.attestation.attest(raw_nonce)
+    out.write_bytes(quote)
+    typer.echo(f"quote: {len(quote)} bytes -> {out}")
+
+
+@device_app.command()
+def csr(
+    se: SeOption,
+    out: Annotated[Path, typer.Option(help="Where to write the PKCS#10 request (PEM).")],
+    cn: Annotated[str | None, typer.Option(help="Subject common name (default: the UID).")] = None,
+) -> None:
+    """A PKCS#10 request for the identity key, signed inside the SE."""
+    with _se(se) as s:
+        request = s.mtls.create_csr(cn)
+    out.write_bytes(request.public_bytes(serialization.Encoding.PEM))
+    typer.echo(f"CSR -> {out}")
+
+
+@device_app.command("install-cert")
+def install_cert(
+    se: SeOption,
+    cert: Annotated[Path, typer.Argument(help="The client certificate (PEM).")],
+    chain: Annotated[
+        Path | None, typer.Option(help="Intermediate certificates (PEM), leaf's issuer first.")
+    ] = None,
+) -> None:
+    """Store the client certificate chain for the current identity key."""
+    try:
+        certs = [x509.load_pem_x509_certificate(cert.read_bytes())]
+        if chain is not None:
+            certs += x509.load_pem_x509_certificates(chain.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot read certificates: {exc}") from None
+    with _se(se) as s:
+        s.mtls.install_chain(certs)
+    typer.echo(f"installed a chain of {len(certs)} certificate(s)")
+
+
+@device_app.command("tls-connect")
+def tls_connect(
+    se: SeOption,
+    host: Annotated[str, typer.Option(help="Server host.")],
+    port: Annotated[int, typer.Option(help="Server port.")],
+    ca: Annotated[
+        Path, typer.Option(help="CA certificate(s) the server's chain must lead to (PEM).")
+    ],
+    send: Annotated[str | None, typer.Option(help="Text to send after the handshake.")] = None,
+    tls: Annotated[str, typer.Option(help="Versions: 1.3, 1.2 or both.")] = "both",
+) -> None:
+    """Mutual TLS with the key in the SE; prints the server's answer."""
+    versions = {"1.3": ("TLS1.3",), "1.2": ("TLS1.2",), "both": ("TLS1.3", "TLS1.2")}.get(tls)
+    if versions is None:
+        raise _fail("--tls is 1.3, 1.2 or both")
+    try:
+        anchors = x509.load_pem_x509_certificates(ca.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot read --ca: {exc}") from None
+    with _se(se) as s:
+        credential = s.credential()
+        if credential is None:
+            raise _fail("no credential available in the SE (install a certificate first)")
+        client = connect(
+            host, port, credential.signer, credential.chain, anchors, versions=versions
+        )
+        try:
+            typer.echo(f"connected: {client.version}, {client.cipher}", err=True)
+            if send is not None:
+                client.send(send.encode())
+            answer = client.read_all()
+        finally:
+            client.close()
+    sys.stdout.write(answer.decode(errors="replace"))
+
+
+@device_app.command("verify-firmware")
+def verify_firmware(
+    se: SeOption,
+    image: Annotated[Path, typer.Argument(help="MCUboot image, or raw image with --signature.")],
+    signature: Annotated[
+        Path | None, typer.Option(help="Detached signature (raw image mode).")
+    ] = None,
+) -> None:
+    """Stream an update through the SE; exit 0 valid, 1 invalid, 2 error; JSON verdict on stdout."""
+    try:
+        sig = signature.read_bytes() if signature else None
+        with image.open("rb"):
+            pass
+    except OSError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        se_obj = SecureElement(open_connection(se))
+    except _ERRORS as exc:
+        typer.echo(json.dumps({"valid": False, "reason": f"error: {exc}"}))
+        raise typer.Exit(2) from None
+    try:
+        verdict = se_obj.verify_firmware(image, signature=sig)
+    finally:
+        se_obj.close()
+    typer.echo(json.dumps(verdict.as_dict()))
+    if verdict.valid:
+        return
+    raise typer.Exit(2 if verdict.reason.startswith("error") else 1)
+
+
+@device_app.command("confirm-firmware")
+def confirm_firmware(se: SeOption) -> None:
+    """After the new firmware booted: raise the anti-rollback floor to its security counter."""
+    with _se(se) as s:
+        floor = s.firmware.confirm()
+    typer.echo(f"anti-rollback floor: {floor}")
+
+
+@device_app.command()
+def rotate(
+    se: SeOption,
+    nonce: Annotated[str, typer.Option(help="The fleet's nonce, hex (16-64 bytes).")],
+) -> None:
+    """Start a rotation: new key on the SE, proof of continuity signed by the current key (JSON)."""
+    with _se(se) as s:
+        proof = s.rotation.rotate(_hex(nonce, "--nonce"))
+    typer.echo(
+        json.dumps(
+            {
+                "epoch": proof.epoch,
+                "public_key_pem": _pem(proof.public_key),
+                "signature": proof.signature.hex(),
+                "nonce": proof.nonce.hex(),
+            }
+        )
+    )
+
+
+@device_app.command()
+def commit(
+    se: SeOption,
+    ack: Annotated[str, typer.Option(help="The fleet's acknowledgement signature, hex.")],
+) -> None:
+    """Commit a pending rotation with the fleet's acknowledgement; the old key is retired."""
+    with _se(se) as s:
+        epoch = s.rotation.commit(_hex(ack, "--ack"))
+    typer.echo(f"identity key epoch {epoch} active")
+
+
+@device_app.command()
+def decrypt(
+    se: SeOption,
+    epoch: Annotated[int, typer.Option(help="Retired key epoch.")],
+    blob: Annotated[
+        Path, typer.Argument(help="Ciphertext encrypted to that key (ECIES / RSA-OAEP hybrid).")
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the plaintext.")],
+) -> None:
+    """Forensic decryption with a retired identity key (decrypt-only until its retention ends)."""
+    data = _read(blob)
+    with _se(se) as s:
+        plain = s.rotation.decrypt(epoch, data)
+    out.write_bytes(plain)
+    typer.echo(f"{len(plain)} bytes -> {out}")
+
+
+@device_app.command()
+def status(se: SeOption) -> None:
+    """Provisioning and rotation state (public facts), as JSON."""
+    with _se(se) as s:
+        p = s.provisioning.state()
+        r = s.rotation.state()
+    typer.echo(
+        json.dumps(
+            {
+                "uid": p.uid.hex().upper() if p.uid else None,
+                "provisioned": p.provisioned,
+                "epoch": p.epoch,
+                "algorithm": p.alg.name if p.alg else None,
+                "pending_rotation": r.pending,
+                "retired_epochs": list(r.retired_epochs),
+            }
+        )
+    )
+
+
+def _hex(text: str, name: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise _fail(f"{name} must be hex") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _fail(str(exc)) from None
+
+
+__all__ = ["device_app"]
