@@ -37,8 +37,8 @@ def demo(
 ) -> None:
     """Run what iotid has built so far, end to end, and report."""
     console.print(
-        "[bold]iotid demo[/bold] — built so far: the secure element core "
-        "(card OS, GlobalPlatform ISD over SCP03, host shim)."
+        "[bold]iotid demo[/bold] — built so far: the secure element (card OS, GP ISD over "
+        "SCP03, five identity applets) and the device side (host shim, TLS, bootloader API)."
     )
     with tempfile.TemporaryDirectory(prefix="iotid-demo-") as tmp:
         base = directory or Path(tmp)
@@ -47,7 +47,7 @@ def demo(
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
         ) as progress:
-            task = progress.add_task("secure element core", total=TOTAL_STEPS)
+            task = progress.add_task("device lifecycle", total=TOTAL_STEPS)
 
             def advance(step: Step) -> None:
                 progress.update(task, advance=1, description=step.name)

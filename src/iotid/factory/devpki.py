@@ -12,6 +12,7 @@ Not in scope: talking to a card (``iotid.host.personalisation``).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import secrets
 import warnings
@@ -22,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from iotid.scp03 import StaticKeys
 from iotid.spec.algorithms import KeyAlg
@@ -130,6 +131,46 @@ class DevPki:
             )
         )
         return builder.sign(self.batch_key, hashes.SHA384())
+
+
+def issue_certificate(
+    pki: DevPki, public_key: PublicKey, subject: x509.Name | None, *, client: bool
+) -> x509.Certificate:
+    """An end-entity certificate from the development root, standing in for the fleet's issuing
+    CA (which does not exist yet): ``client`` for a device (clientAuth, subject kept), otherwise
+    a server certificate for 127.0.0.1/localhost (serverAuth)."""
+    now = dt.datetime.now(dt.UTC)
+    name = subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(pki.root_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(signing=True), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.root_key.public_key()),
+            critical=False,
+        )
+    )
+    if not client:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(pki.root_key, hashes.SHA384())
 
 
 def _usage(*, signing: bool) -> x509.KeyUsage:

@@ -15,7 +15,8 @@ def test_demo_report(tmp_path: Path) -> None:
     assert report.ok, [s for s in report.steps if not s.ok]
     assert len(report.steps) == TOTAL_STEPS
     names = [s.name for s in report.steps]
-    assert "test keys refused" in names and "restart from NVM" in names
+    assert "GP test keys refused" in names and "restart from NVM" in names
+    assert "mutual TLS 1.3, key in the SE" in names and "key rotation" in names
     assert report.apdus_per_second > 0
 
 
