@@ -118,6 +118,11 @@ class Claim(IntEnum):
     KEY_EPOCH = -70003  # uint: the identity key epoch (1 after the first provisioning)
     FIRMWARE_FLOOR = -70004  # uint: the firmware anti-rollback security-counter floor
     IDENTITY_ALG = -70005  # uint: KeyAlg code of the identity key
+    #: COSE_Key of the pending identity key during a rotation (absent otherwise). The mTLS
+    #: applet signs any digest with the active key, so a rotation proof alone cannot show that
+    #: the pending key lives in this SE; a quote by the attestation key (which signs nothing
+    #: else) over the pending key can. The fleet requires it before acknowledging a rotation.
+    PENDING_IDENTITY_KEY = -70006
 
 
 #: cnf member holding a COSE_Key (RFC 8747 §3.1).

@@ -522,3 +522,19 @@ def test_decode_quote_refuses_malformed(ready: tuple[Card, x509.Certificate, Pri
     ):
         with pytest.raises(QuoteFormatError):
             decode_quote(bad)
+
+
+def test_quote_covers_the_pending_key_during_a_rotation(
+    ready: tuple[Card, x509.Certificate, PrivateKey],
+) -> None:
+    """A rotation proof is signed by the identity key, which the mTLS applet lets the host use for
+    any digest; the quote (attestation key only) is what shows the pending key is in this SE."""
+    card, _, _ = ready
+    assert (
+        spec.Claim.PENDING_IDENTITY_KEY not in decode_quote(session(card).attest(b"n" * 16)).claims
+    )
+    with card.nvm.transaction():
+        pending = IdentityStore(card.nvm, card.keys).generate_pending(KeyAlg.EC_P256)
+    claims = decode_quote(session(card).attest(b"n" * 16)).claims
+    key = cose.public_key_from_cose_key(dict(claims[spec.Claim.PENDING_IDENTITY_KEY]))
+    assert key == pending

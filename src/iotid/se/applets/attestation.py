@@ -182,6 +182,9 @@ class AttestationApplet(Applet):
             Claim.FIRMWARE_FLOOR: self._firmware_floor(),
             Claim.IDENTITY_ALG: int(identity_alg),
         }
+        pending = identity.pending_public_key()
+        if pending is not None:
+            claims[Claim.PENDING_IDENTITY_KEY] = cose.cose_key(pending)
         slot = self.slot(_KEY)
         alg = cose.alg_for_public_key(self.ctx.keys.public_key(slot))
         # RFC 9360 §2: x5chain in the protected header, the leaf (signing) certificate first.
