@@ -34,8 +34,8 @@ from iotid.apdu import ApduError
 from iotid.connect import open_connection
 from iotid.crypto import cose
 from iotid.crypto.ecies import ecies_encrypt
+from iotid.crypto.firmware_raw import sign_raw_image
 from iotid.crypto.identity_kdf import derive_identity_key
-from iotid.crypto.mcuboot import sign_raw_image
 from iotid.factory.devpki import DevelopmentOnlyWarning, DevPki, issue_certificate
 from iotid.host import SecurityDomainSession
 from iotid.host.attestation import decode_quote

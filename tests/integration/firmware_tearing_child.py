@@ -28,7 +28,8 @@ from unittest import mock
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from iotid.crypto.mcuboot import ImageVersion, sign_raw_image
+from iotid.crypto.firmware_raw import sign_raw_image
+from iotid.crypto.mcuboot import ImageVersion
 from iotid.host import SmartCardProtocol
 from iotid.host.firmware import FirmwareSession
 from iotid.se import Card, Nvm

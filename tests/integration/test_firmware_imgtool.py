@@ -26,7 +26,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from iotid.crypto.mcuboot import ImageVersion, TrustedKey, sign_raw_image
+from iotid.crypto.firmware_raw import sign_raw_image
+from iotid.crypto.mcuboot import ImageVersion, TrustedKey
 from iotid.host import SecurityDomainSession, SmartCardProtocol
 from iotid.host.firmware import ConfirmRefusedError, FirmwareSession, perso_dgis
 from iotid.scp03 import StaticKeys

@@ -13,7 +13,7 @@ personalisation routine.
 Raw mode (an image plus a detached signature): pass ``signature``, either a detached signature
 file (:class:`~iotid.spec.firmware.RawSignature`: it names hash algorithm, version and security
 counter) or a bare signature together with ``version`` and ``security_counter``. The signature
-covers :func:`~iotid.spec.firmware.raw_statement` (:func:`iotid.crypto.mcuboot.sign_raw_image`
+covers :func:`~iotid.spec.firmware.raw_statement` (:func:`iotid.crypto.firmware_raw.sign_raw_image`
 makes it).
 
 The bootloader must apply exactly the bytes it verified (verify the staged slot, not a file that

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 
 from iotid.apdu import ApduError, tlv
-from iotid.crypto.mcuboot import ImageVersion, TrustedKey, sign_raw_image
+from iotid.crypto.firmware_raw import sign_raw_image
+from iotid.crypto.mcuboot import ImageVersion, TrustedKey
 from iotid.host import SecurityDomainSession, SmartCardProtocol
 from iotid.host.errors import BadResponseError
 from iotid.host.firmware import (

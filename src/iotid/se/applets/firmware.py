@@ -22,13 +22,8 @@ Not covered: the image format rules themselves (``iotid.crypto.mcuboot``), the h
 from __future__ import annotations
 
 from iotid.apdu import ApduError, ApduFormatError, CommandApdu, parse_tlvs, tlv
-from iotid.crypto.mcuboot import (
-    ImageVerdict,
-    ImageVersion,
-    McubootVerifier,
-    RawVerifier,
-    TrustedKey,
-)
+from iotid.crypto.firmware_raw import RawVerifier
+from iotid.crypto.mcuboot import ImageVerdict, ImageVersion, McubootVerifier, TrustedKey
 from iotid.se.applet import Applet, AppletContext, ClaClass, handles
 from iotid.spec import firmware as spec
 from iotid.spec.firmware import Dgi, HashAlg, Ins, Mode, Tag, VerdictCode
