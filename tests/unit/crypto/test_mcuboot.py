@@ -21,13 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 from hypothesis import given
 from hypothesis import strategies as st
 
+from iotid.crypto.firmware_raw import RawVerifier, sign_raw_image
 from iotid.crypto.mcuboot import (
     ImageVersion,
     McubootVerifier,
-    RawVerifier,
     TrustedKey,
     raw_statement,
-    sign_raw_image,
 )
 from iotid.spec.firmware import (
     IMAGE_MAGIC,
