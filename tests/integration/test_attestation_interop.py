@@ -35,6 +35,7 @@ from cryptography.x509.verification import (
     Store,
     VerificationError,
 )
+from cwt import COSE, COSEKey
 from pycose.headers import Algorithm, X5chain
 from pycose.keys import CoseKey
 from pycose.messages import Sign1Message
@@ -372,18 +373,15 @@ def test_mixed_families_attestation_p256_identity_rsa() -> None:
 
 def test_python_cwt_verifies_the_quote(device: tuple[Device, int]) -> None:
     """A second COSE implementation nobody here wrote: python-cwt, unmodified."""
-    from cwt import COSE, COSEKey
-
     dev, cose_alg = device
     family = {-7: "ES256", -35: "ES384", -37: "PS256"}[cose_alg]
     nonce = bytes.fromhex("c0ffee") * 8
     quote = dev.session().attest(nonce)
-    pem = (
-        dev.attestation_cert.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = dev.attestation_cert.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     payload = COSE.new().decode(quote, COSEKey.from_pem(pem, alg=family))
     assert cbor2.loads(payload)[10] == nonce
     tampered = quote[:-1] + bytes([quote[-1] ^ 1])
-    with pytest.raises(Exception, match="(?i)verif|signature|fail"):
+    with pytest.raises(Exception, match=r"(?i)verif|signature|fail"):
         COSE.new().decode(tampered, COSEKey.from_pem(pem, alg=family))
