@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from iotid.cli.device import device_app
+from iotid.cli.factory import factory_app
 from iotid.cli.se import se_app
 from iotid.demo import NOT_YET_BUILT, TOTAL_STEPS, Step, run_demo
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(se_app, name="se")
 app.add_typer(device_app, name="device")
+app.add_typer(factory_app, name="factory")
 console = Console()
 
 

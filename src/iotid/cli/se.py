@@ -25,17 +25,18 @@ from iotid.se import Card, NvmError
 from iotid.spec.gp import AppLifeCycle, CardLifeCycle
 from iotid.transport.vpcd import parse_endpoint, serve_forever
 
+console = Console()
+errors = Console(stderr=True)
 se_app = typer.Typer(
     no_args_is_help=True, help="Emulated secure elements (a state directory each)."
 )
-console = Console()
 
 
 def _open(state: Path) -> Card:
     try:
         return Card.open(state)
     except NvmError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
 
@@ -57,7 +58,7 @@ def new(
         uid_bytes = bytes.fromhex(uid) if uid else None
         card = Card.create(state, uid=uid_bytes)
     except (ValueError, NvmError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"card {card.uid.hex().upper()} created in {state}")
 
@@ -102,7 +103,7 @@ def personalise(
 ) -> None:
     """Personalise a card over SCP03: applets, attestation chain, new ISD keys, SECURED."""
     if not dev or dev_pki is None:
-        console.print(
+        errors.print(
             "[red]error:[/red] only --dev --dev-pki DIR exists today "
             "(the factory ceremony comes next)"
         )
@@ -130,7 +131,7 @@ def personalise(
         )
         result = run_personalisation(open_connection(state), plan, isd_keys_for=pki.isd_keys)
     except (ValueError, OSError, HostError, ApduError, NvmError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"card {result.uid.hex().upper()} personalised ({identity.name}), SECURED")
     console.print(
@@ -154,7 +155,7 @@ def serve(
     try:
         host, port = parse_endpoint(vpcd)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(
         f"serving card {card.uid.hex().upper()} to vpcd at {host}:{port} (SIGTERM to stop)"

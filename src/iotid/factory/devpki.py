@@ -22,9 +22,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from iotid.factory.diversify import diversify_isd_keys
 from iotid.scp03 import StaticKeys
 from iotid.spec.algorithms import KeyAlg
 
@@ -100,10 +100,7 @@ class DevPki:
 
     def isd_keys(self, uid: bytes) -> StaticKeys:
         """Per-card ISD keys diversified from the ISD master with HKDF-SHA256 over the UID."""
-        okm = HKDF(hashes.SHA256(), 48, salt=None, info=b"iotid-isd-v1" + uid).derive(
-            self._isd_master
-        )
-        return StaticKeys(okm[:16], okm[16:32], okm[32:])
+        return diversify_isd_keys(self._isd_master, uid)
 
     def certify_attestation_key(self, public_key: PublicKey, uid: bytes) -> x509.Certificate:
         """The attestation certificate for a card's on-card attestation key, from the batch CA."""

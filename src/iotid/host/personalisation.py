@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from iotid.apdu import ApduError
 from iotid.host import attestation, firmware, mtls, provisioning, rotation
 from iotid.host.errors import HostError
 from iotid.host.protocol import SmartCardProtocol
@@ -33,6 +34,7 @@ from iotid.spec.identity import (
     PROVISIONING_AID,
     ROTATION_AID,
 )
+from iotid.spec.iso7816 import SW
 from iotid.transport.base import Connection
 
 PublicKey = provisioning.PublicKey
@@ -78,7 +80,15 @@ def personalise(
 ) -> PersonalisationResult:
     """Personalise one card; ``isd_keys_for(uid)`` gives per-card ISD keys if the plan has none."""
     protocol = target if isinstance(target, SmartCardProtocol) else SmartCardProtocol(target)
-    sd = _session(protocol, plan.current_isd_keys, plan.current_isd_kvn)
+    try:
+        sd = _session(protocol, plan.current_isd_keys, plan.current_isd_kvn)
+    except ApduError as exc:
+        if exc.sw != SW.REFERENCED_DATA_NOT_FOUND:
+            raise
+        raise AlreadyPersonalisedError(
+            f"the card has no ISD key set 0x{plan.current_isd_kvn:02X} any more: "
+            "it is personalised already"
+        ) from None
     uid = sd.get_cplc().uid
     isd = next((e for e in sd.get_status(gp.GET_STATUS_ISD) if e.aid == gp.ISD_AID), None)
     if isd is not None and isd.life_cycle in (

@@ -98,7 +98,7 @@ class SecureElement:
                 return None
             return Credential(chain, session)
         except FAILURES as exc:
-            log.warning("no credential available: %s", type(exc).__name__)
+            log.info("no credential available: %s", type(exc).__name__)
             return None
 
     def verify_firmware(self, image: Path | BinaryIO, *, signature: bytes | None = None) -> Verdict:

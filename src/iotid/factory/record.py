@@ -1,0 +1,315 @@
+"""The ceremony record: an append-only, hash-chained, machine-readable log (JSON Lines).
+
+Scope: the file format, writing (create, append under an exclusive lock, fsync) and verifying.
+One entry per line, each line the *canonical JSON* of the entry (keys sorted, separators
+``","``/``":"``, ASCII only, no NaN), with the fields:
+
+- ``seq``: 0, 1, 2, ... (the line number minus one);
+- ``time``: UTC, ISO 8601 with microseconds and a ``Z`` (``2025-01-31T12:00:00.000000Z``);
+- ``actors``: who performed the step (custodians, operator, ``iotid`` for automatic steps);
+- ``action``: dotted name of the step (``keystore.created``, ``root.certificate.issued``, ...);
+- ``details``: a JSON object (public facts only: never key material, never share words);
+- ``prev``: the ``hash`` of the previous entry (64 zeros for entry 0);
+- ``hash``: SHA-256 (hex) of the canonical JSON of the entry without its ``hash`` field.
+
+Since ``hash`` covers every other field including ``prev``, each entry commits to the whole
+record before it. Entry 0 is ``record.created`` with ``details = {"format": FORMAT, "header":
+{...}}``. :meth:`Record.verify` names the line and the fault: unparsable or truncated line,
+non-canonical line, edited entry (hash mismatch), missing / duplicated / reordered lines (seq),
+broken chain (prev). What a chain alone cannot show is the *removal of the newest entries*: that
+needs an anchor outside the file (the root certificate names an entry hash; see ``ceremony``).
+Not in scope: what the entries mean (``ceremony``, the batch modules).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT = "iotid-ceremony-record/1"
+GENESIS_PREV = "0" * 64
+CREATED = "record.created"
+_FIELDS = frozenset({"seq", "time", "actors", "action", "details", "prev", "hash"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ACTION = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+class RecordError(Exception):
+    """The record is malformed or has been tampered with; says which line and what is wrong."""
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical encoding every hash in the record is computed over."""
+    try:
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"not representable as canonical JSON: {exc}") from None
+    return text.encode("ascii")
+
+
+def _digest(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, eq=True)
+class Entry:
+    seq: int
+    time: str
+    actors: tuple[str, ...]
+    action: str
+    details: dict[str, Any]
+    prev: str
+    hash: str
+
+    def body(self) -> dict[str, Any]:
+        """The entry without ``hash``: what ``hash`` is computed over."""
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "actors": list(self.actors),
+            "action": self.action,
+            "details": self.details,
+            "prev": self.prev,
+        }
+
+    def line(self) -> bytes:
+        return canonical_json({**self.body(), "hash": self.hash}) + b"\n"
+
+    @classmethod
+    def _make(
+        cls, seq: int, action: str, details: Mapping[str, Any], actors: Sequence[str], prev: str
+    ) -> Entry:
+        if not _ACTION.fullmatch(action):
+            raise RecordError(f"action {action!r} must be lower-case dotted words")
+        if isinstance(actors, str) or not all(isinstance(a, str) and a for a in actors):
+            raise RecordError("actors must be a list of non-empty names")
+        # Round-trip so that the Entry holds exactly what the file will hold (tuples -> lists).
+        plain = json.loads(canonical_json(dict(details)))
+        body = {
+            "seq": seq,
+            "time": _now(),
+            "actors": list(actors),
+            "action": action,
+            "details": plain,
+            "prev": prev,
+        }
+        return cls(seq, body["time"], tuple(actors), action, plain, prev, _digest(body))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_line(raw: bytes, number: int, prev: Entry | None, last: bool) -> Entry:
+    """One line (without its newline) checked against the entry before it."""
+    where = f"line {number}"
+    if not raw.strip():
+        raise RecordError(f"{where}: empty line")
+    try:
+        obj = json.loads(raw.decode("ascii"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError):
+        if last:
+            raise RecordError(f"{where}: truncated or unparsable last line") from None
+        raise RecordError(f"{where}: not a JSON object") from None
+    if not isinstance(obj, dict):
+        raise RecordError(f"{where}: not a JSON object")
+    if set(obj) != _FIELDS:
+        missing, extra = sorted(_FIELDS - set(obj)), sorted(set(obj) - _FIELDS)
+        raise RecordError(f"{where}: wrong fields (missing {missing}, unexpected {extra})")
+    seq, time, actors, action = obj["seq"], obj["time"], obj["actors"], obj["action"]
+    details, prev_hash, own_hash = obj["details"], obj["prev"], obj["hash"]
+    if not (isinstance(seq, int) and not isinstance(seq, bool)):
+        raise RecordError(f"{where}: seq is not an integer")
+    if not (isinstance(actors, list) and all(isinstance(a, str) for a in actors)):
+        raise RecordError(f"{where}: actors is not a list of names")
+    if not (isinstance(action, str) and _ACTION.fullmatch(action)):
+        raise RecordError(f"{where}: bad action")
+    if not isinstance(details, dict):
+        raise RecordError(f"{where}: details is not an object")
+    for name, value in (("prev", prev_hash), ("hash", own_hash)):
+        if not (isinstance(value, str) and _HEX64.fullmatch(value)):
+            raise RecordError(f"{where}: {name} is not 64 lower-case hex digits")
+    if not isinstance(time, str) or not _is_utc(time):
+        raise RecordError(f"{where}: time is not an ISO 8601 UTC timestamp")
+    if canonical_json(obj) != raw:
+        raise RecordError(f"{where}: not in canonical form (the line was rewritten)")
+    entry = Entry(seq, time, tuple(actors), action, details, prev_hash, own_hash)
+    if _digest(entry.body()) != own_hash:
+        raise RecordError(f"{where}: entry hash does not match its content (entry edited)")
+    expected_seq = 0 if prev is None else prev.seq + 1
+    if seq != expected_seq:
+        raise RecordError(
+            f"{where}: seq {seq} where {expected_seq} was expected "
+            "(lines missing, duplicated or reordered)"
+        )
+    expected_prev = GENESIS_PREV if prev is None else prev.hash
+    if prev_hash != expected_prev:
+        raise RecordError(
+            f"{where}: prev does not match the hash of the entry before (chain broken)"
+        )
+    if prev is None and (action != CREATED or details.get("format") != FORMAT):
+        raise RecordError(f"{where}: the first entry is not a {FORMAT} header")
+    return entry
+
+
+def _is_utc(text: str) -> bool:
+    if not text.endswith("Z"):
+        return False
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return parsed.utcoffset() == dt.timedelta(0)
+
+
+def _parse(data: bytes, start_line: int, prev: Entry | None) -> list[Entry]:
+    """Entries of ``data`` (whole lines), the first being line ``start_line``."""
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the data ends with a newline
+    entries: list[Entry] = []
+    for offset, raw in enumerate(lines):
+        entry = _parse_line(raw, start_line + offset, prev, last=False)
+        entries.append(entry)
+        prev = entry
+    if tail:
+        number = start_line + len(lines)
+        try:
+            _parse_line(tail, number, prev, last=True)
+        except RecordError as exc:
+            raise RecordError(f"{exc} (no newline at end of file)") from None
+        raise RecordError(f"line {number}: truncated last line (no newline at end of file)")
+    return entries
+
+
+class Record:
+    """An open record file; ``open``/``create`` verify or write it, ``append`` extends it."""
+
+    def __init__(self, path: Path, entries: list[Entry], size: int) -> None:
+        self._path = path
+        self._entries = entries
+        self._size = size
+
+    def __repr__(self) -> str:
+        return f"Record({str(self._path)!r}, entries={len(self._entries)})"
+
+    @classmethod
+    def create(
+        cls, path: Path, header: Mapping[str, Any], actors: Sequence[str] = ("iotid",)
+    ) -> Record:
+        """A new record holding only its header entry; refuses an existing file."""
+        entry = Entry._make(
+            0, CREATED, {"format": FORMAT, "header": dict(header)}, actors, GENESIS_PREV
+        )
+        line = entry.line()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(path.parent)
+        return cls(path, [entry], len(line))
+
+    @classmethod
+    def open(cls, path: Path) -> Record:
+        """Open and verify the whole record (:class:`RecordError` if anything is wrong)."""
+        record = cls(path, [], 0)
+        record.verify()
+        return record
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        return tuple(self._entries)
+
+    @property
+    def head(self) -> Entry:
+        return self._entries[-1]
+
+    @property
+    def head_hash(self) -> str:
+        return self._entries[-1].hash
+
+    @property
+    def header(self) -> dict[str, Any]:
+        header: dict[str, Any] = self._entries[0].details["header"]
+        return header
+
+    def find(self, entry_hash: str) -> Entry | None:
+        return next((e for e in self._entries if e.hash == entry_hash), None)
+
+    def verify(self) -> list[Entry]:
+        """Re-read the file and check every line; returns the entries."""
+        try:
+            data = self._path.read_bytes()
+        except FileNotFoundError:
+            raise RecordError(f"no record at {self._path}") from None
+        except OSError as exc:
+            raise RecordError(f"cannot read {self._path}: {exc.strerror}") from None
+        if not data:
+            raise RecordError("the record is empty")
+        entries = _parse(data, 1, None)
+        self._entries, self._size = entries, len(data)
+        return list(entries)
+
+    def append(
+        self, action: str, details: Mapping[str, Any], actors: Sequence[str] = ("iotid",)
+    ) -> Entry:
+        """Add one entry after the newest one, under an exclusive lock, and fsync it.
+
+        Entries another process appended since this object last read the file are verified and
+        chained onto; a file that changed below what was read is refused.
+        """
+        with open(self._path, "r+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                size = os.fstat(f.fileno()).st_size
+                last_line = self.head.line()
+                known_from = self._size - len(last_line)
+                f.seek(known_from)
+                if size < self._size or f.read(len(last_line)) != last_line:
+                    raise RecordError(
+                        "the record changed below its last verified entry; verify it again"
+                    )
+                newer = _parse(f.read(), len(self._entries) + 1, self.head)
+                self._entries.extend(newer)
+                entry = Entry._make(self.head.seq + 1, action, details, actors, self.head_hash)
+                line = entry.line()
+                f.seek(0, os.SEEK_END)
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        self._entries.append(entry)
+        self._size = size + len(line)
+        return entry
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["CREATED", "FORMAT", "GENESIS_PREV", "Entry", "Record", "RecordError", "canonical_json"]
