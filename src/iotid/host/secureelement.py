@@ -7,8 +7,8 @@ import the emulator) with ``se.isd``, ``se.provisioning``, ``se.attestation``, `
 the rest of the device relies on: :meth:`SecureElement.credential` answers "no credential
 available" (``None``) and :meth:`SecureElement.verify_firmware` answers INVALID on any bus or card
 error. They never report success on an error.
-Not in scope: the commands themselves (the sessions), retries of single APDUs (the transport's
-T=1 layer and ``iotid.host.resilience``).
+Not in scope: the commands themselves (the sessions), the retry rules (``iotid.host.resilience``:
+which APDUs may be re-sent) and block retransmission (the transport's T=1 layer).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from iotid.host.errors import HostError
 from iotid.host.firmware import FirmwareSession, Verdict, verify_image
 from iotid.host.mtls import MtlsSession
 from iotid.host.protocol import SmartCardProtocol
+from iotid.host.resilience import RetryingConnection
 from iotid.host.provisioning import ProvisioningSession
 from iotid.host.rotation import RotationSession
 from iotid.host.securitydomain import SecurityDomainSession
@@ -46,9 +47,11 @@ class Credential:
 
 
 class SecureElement:
-    def __init__(self, connection: Connection, *, extended: bool = True) -> None:
-        self.connection = connection
-        self.protocol = SmartCardProtocol(connection, extended=extended)
+    def __init__(self, connection: Connection, *, extended: bool = True, retry: bool = True) -> None:
+        """``retry`` wraps the connection in bounded, safe whole-APDU retries with backoff
+        (:class:`~iotid.host.resilience.RetryingConnection`); T=1 retransmits blocks below it."""
+        self.connection: Connection = RetryingConnection(connection) if retry else connection
+        self.protocol = SmartCardProtocol(self.connection, extended=extended)
 
     def __repr__(self) -> str:
         return f"SecureElement({type(self.connection).__name__})"
