@@ -34,7 +34,9 @@ VERSION = ImageVersion(2, 0, 0)
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[ec.EllipticCurvePrivateKey, Path, Path, bytes]:
+def signed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[ec.EllipticCurvePrivateKey, Path, Path, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     image = secrets.token_bytes(6000)
     sig = RawSignature(

@@ -26,8 +26,8 @@ from iotid.host.errors import HostError
 from iotid.host.firmware import FirmwareSession, Verdict, verify_image
 from iotid.host.mtls import MtlsSession
 from iotid.host.protocol import SmartCardProtocol
-from iotid.host.resilience import RetryingConnection
 from iotid.host.provisioning import ProvisioningSession
+from iotid.host.resilience import RetryingConnection
 from iotid.host.rotation import RotationSession
 from iotid.host.securitydomain import SecurityDomainSession
 from iotid.transport.base import Connection, TransportError
@@ -47,7 +47,9 @@ class Credential:
 
 
 class SecureElement:
-    def __init__(self, connection: Connection, *, extended: bool = True, retry: bool = True) -> None:
+    def __init__(
+        self, connection: Connection, *, extended: bool = True, retry: bool = True
+    ) -> None:
         """``retry`` wraps the connection in bounded, safe whole-APDU retries with backoff
         (:class:`~iotid.host.resilience.RetryingConnection`); T=1 retransmits blocks below it."""
         self.connection: Connection = RetryingConnection(connection) if retry else connection
