@@ -1,14 +1,16 @@
 """``iotid demo``: the end-to-end walk through what iotid has built so far.
 
-Scope today: the secure element and the device side of the lifecycle. A fresh emulated card;
-SCP03 at every security level; personalisation over SCP03 with a development PKI (applets, the
-attestation key certified on the card, new ISD keys, SECURED; the GP test keys refused);
-first-boot provisioning (the identity key equals the factory's derivation); an attestation quote
-checked down to the root; a CSR signed inside the card; mutual TLS 1.3 with the key in the SE;
-a signed firmware update accepted, a tampered one refused, the rollback floor raised; a key
-rotation acknowledged by the fleet's authority, data for the old key still decryptable; a
-restart from NVM. The factory ceremony and the fleet platform are not built yet: the
-development PKI and small stand-ins in this module play their part, and the report says so.
+Scope today: the factory and the device side of the lifecycle. A fresh emulated card and SCP03
+at every security level; the key ceremony with a 2-of-3 quorum (hash-chained record tied to the
+issuance root); a batch (attestation CA, master keys) created with the quorum present; the
+personalisation line over SCP03 (applets, attestation key certified on the card, per-card ISD
+keys, SECURED, a signed manifest; the GP test keys refused); first-boot provisioning (the
+identity key equals the manifest's derivation); an attestation quote checked down to the
+ceremony's root; a CSR signed inside the card; mutual TLS 1.3 with the key in the SE; a
+factory-signed firmware update accepted, a tampered one refused, the rollback floor raised; a
+key rotation acknowledged by the rotation authority, data for the old key still decryptable; a
+restart from NVM. The fleet platform is not built yet: small stand-ins in this module play its
+part (an issuing CA, a TLS server), and the report says so.
 Secret keys are never printed.
 Not in scope: printing (the CLI renders the report), argument parsing.
 """
@@ -21,43 +23,46 @@ import socket
 import ssl
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from iotid.apdu import ApduError
 from iotid.connect import open_connection
 from iotid.crypto import cose
 from iotid.crypto.ecies import ecies_encrypt
-from iotid.crypto.firmware_raw import sign_raw_image
 from iotid.crypto.identity_kdf import derive_identity_key
-from iotid.factory.devpki import DevelopmentOnlyWarning, DevPki, issue_certificate
+from iotid.factory.batch import FIRMWARE_KEY, ROTATION_AUTHORITY_KEY, create_batch
+from iotid.factory.ceremony import init_ceremony, open_store, verify_ceremony
+from iotid.factory.devpki import ca_certificate, issue_certificate
+from iotid.factory.diversify import diversify_isd_keys
+from iotid.factory.firmware import sign_raw
+from iotid.factory.line import personalise_batch, read_line_key
+from iotid.factory.stores import ManagedKeyStore
 from iotid.host import SecurityDomainSession
 from iotid.host.attestation import decode_quote
-from iotid.host.personalisation import PersonalisationPlan, personalise
 from iotid.host.secureelement import SecureElement
 from iotid.host.tls import connect
 from iotid.scp03 import StaticKeys
 from iotid.se import Card
 from iotid.spec.algorithms import KeyAlg
-from iotid.spec.firmware import HashAlg, ImageVersion, RawSignature
+from iotid.spec.firmware import ImageVersion
 from iotid.spec.gp import TEST_KEY_VERSION, VALID_SECURITY_LEVELS, CardLifeCycle
+from iotid.spec.manifest import verify_manifest
 from iotid.spec.rotation import ack_tbs
 from iotid.transport.loopback import LoopbackConnection
 
 NOT_YET_BUILT = (
-    "factory key ceremony with an M-of-N quorum and HSM keys (a development PKI stands in)",
     "fleet platform: attestation verifier, registry, issuing CA, gateway, revocation, audit "
     "(small in-process stand-ins play the fleet's part)",
 )
 
 #: Steps ``run_demo`` reports (for progress bars).
-TOTAL_STEPS = 12
+TOTAL_STEPS = 14
 
 
 @dataclass
@@ -104,10 +109,12 @@ class _StepFailedError(Exception):
 
 
 def _run(state_dir: Path, report: DemoReport, record: Callable[[str, bool, str], None]) -> None:
-    card_dir = state_dir / "card"
-    card = Card.create(card_dir)
-    report.uid = card.uid.hex().upper()
-    record("create card", True, f"UID {report.uid}, GP test keys (KVN 0x30), OP_READY, 5 applets")
+    card = Card.create(state_dir / "fresh-card")
+    record(
+        "a fresh card",
+        True,
+        f"UID {card.uid.hex().upper()}, GP test keys (KVN 0x30), OP_READY, 5 applets",
+    )
 
     opened = 0
     for level in sorted(VALID_SECURITY_LEVELS - {0x00}):
@@ -117,30 +124,76 @@ def _run(state_dir: Path, report: DemoReport, record: Callable[[str, bool, str],
             opened += len(s.get_key_information()) == 3
     record("SCP03 sessions", opened == 10, "levels 01/03/11/13/33, short and extended APDUs")
 
-    pki, isd_kvn = _personalise(card, state_dir, record)
-    _device_lifecycle(card, pki, isd_kvn, state_dir, card_dir, report, record)
+    factory = _factory(state_dir, record)
+    _device_lifecycle(factory, state_dir, report, record)
 
 
 Record = Callable[[str, bool, str], None]
+#: The ISD key version the personalisation routine gives every card.
+PER_CARD_ISD_KVN = 0x31
 
 
-def _personalise(card: Card, state_dir: Path, record: Record) -> tuple[DevPki, int]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DevelopmentOnlyWarning)
-        pki = DevPki.load_or_create(state_dir / "dev-pki")
-    plan = PersonalisationPlan(
-        alg=KeyAlg.EC_P256,
-        master_key=pki.master_key,
-        operator_rekey_key=pki.operator_key.public_key(),
-        certify=lambda public, uid: (pki.certify_attestation_key(public, uid), pki.batch_cert),
-        firmware_keys=(pki.firmware_key.public_key(),),
-        rotation_authority=pki.rotation_key.public_key(),
-    )
-    result = personalise(LoopbackConnection(card), plan, isd_keys_for=pki.isd_keys)
+@dataclass(frozen=True)
+class StandInCa:
+    """The fleet's issuing CA does not exist yet: a throwaway in-process CA plays its part."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls) -> StandInCa:
+        key = ec.generate_private_key(ec.SECP256R1())
+        return cls(key, ca_certificate("fleet stand-in CA (demo)", key, key, None, 0))
+
+    def issue(
+        self, public_key: ec.EllipticCurvePublicKey, subject: x509.Name | None, *, client: bool
+    ) -> x509.Certificate:
+        return issue_certificate(self.key, self.cert, public_key, subject, client=client)
+
+
+@dataclass
+class Factory:
+    """What the device phase needs from the factory run."""
+
+    directory: Path
+    card_dir: Path
+    uid: bytes
+    store: ManagedKeyStore
+    root: x509.Certificate
+    master_key: bytes
+    isd_keys: StaticKeys
+
+
+def _factory(state_dir: Path, record: Record) -> Factory:
+    directory = state_dir / "factory"
+    ceremony = init_ceremony(directory, 2, 3, ["alice", "bob", "carol"])
+    verify_ceremony(directory)
     record(
-        "personalise over SCP03 (DEVELOPMENT PKI)",
-        card.card_life_cycle == CardLifeCycle.SECURED,
-        "applets personalised, attestation key certified on the card, new ISD keys, SECURED",
+        "key ceremony (2-of-3 quorum)",
+        True,
+        f"issuance root {ceremony.root_fingerprint[:16]}, record tied to the root, 3 share files",
+    )
+    shares = [f.path for f in ceremony.share_files[:2]]
+    info = create_batch(directory, "demo", KeyAlg.EC_P256, shares)
+    record(
+        "batch", True, f"attestation CA under the root (quorum present), master keys; {info.name}"
+    )
+    out = state_dir / "line"
+    result = personalise_batch(directory, "demo", 1, out)
+    manifest = verify_manifest(
+        result.manifest_path.read_bytes(),
+        result.signature_path.read_bytes(),
+        ceremony.root_certificate,
+    )
+    card_dir = out / "cards" / "000000"
+    card = Card.open(card_dir)
+    store = open_store(directory)
+    store.unlock_operational(read_line_key(info.line_key_path))
+    record(
+        "personalisation line over SCP03",
+        card.card_life_cycle == CardLifeCycle.SECURED and len(manifest.cards) == 1,
+        "applets personalised, attestation key certified on the card, per-card ISD keys, "
+        "SECURED; signed manifest verified against the root",
     )
     try:
         SecurityDomainSession(LoopbackConnection(card)).authenticate(
@@ -149,32 +202,29 @@ def _personalise(card: Card, state_dir: Path, record: Record) -> tuple[DevPki, i
         record("GP test keys refused", False, "the test keys still opened a session")
     except ApduError as exc:
         record("GP test keys refused", True, f"INITIALIZE UPDATE KVN 0x30 -> {exc}")
-    return pki, result.isd_kvn
+    master = store.secret(info.keys["master"])
+    isd = diversify_isd_keys(store.secret(info.keys["isd_master"]), card.uid)
+    return Factory(directory, card_dir, card.uid, store, ceremony.root_certificate, master, isd)
 
 
 def _device_lifecycle(
-    card: Card,
-    pki: DevPki,
-    isd_kvn: int,
-    state_dir: Path,
-    card_dir: Path,
-    report: DemoReport,
-    record: Record,
+    factory: Factory, state_dir: Path, report: DemoReport, record: Record
 ) -> None:
-    se = SecureElement(LoopbackConnection(card))
+    report.uid = factory.uid.hex().upper()
+    se = SecureElement(open_connection(factory.card_dir))
     identity = se.provisioning.provision()
-    expected = derive_identity_key(pki.master_key, card.uid, KeyAlg.EC_P256).public_key()
+    expected = derive_identity_key(factory.master_key, factory.uid, KeyAlg.EC_P256).public_key()
     record(
         "first boot: PROVISION",
         _spki(identity) == _spki(expected),
-        "identity key derived in the SE equals the factory's KDF(master, UID, identity-v1)",
+        "identity key derived in the SE equals the manifest's KDF(master, UID, identity-v1)",
     )
 
     nonce = secrets.token_bytes(16)
     quote_bytes = se.attestation.attest(nonce)
     quote = decode_quote(quote_bytes)
     leaf, batch = quote.certificates[0], quote.certificates[1]
-    chain_ok = _issued_by(leaf, batch) and _issued_by(batch, pki.root_cert)
+    chain_ok = _issued_by(leaf, batch) and _issued_by(batch, factory.root)
     signed = cose.verify_sign1(quote.message, leaf.public_key())  # type: ignore[arg-type]
     record(
         "attestation quote",
@@ -182,64 +232,65 @@ def _device_lifecycle(
         and chain_ok
         and quote.nonce == nonce
         and _spki(quote.identity_public_key) == _spki(identity),
-        f"EAT/COSE_Sign1 {len(quote_bytes)} bytes, nonce echoed, chain to the root, "
+        f"EAT/COSE_Sign1 {len(quote_bytes)} bytes, nonce echoed, chain to the ceremony's root, "
         "cnf = identity key",
     )
 
+    fleet_ca = StandInCa.create()
     csr = se.mtls.create_csr()
-    client_cert = issue_certificate(pki, csr.public_key(), csr.subject, client=True)  # type: ignore[arg-type]
+    client_cert = fleet_ca.issue(csr.public_key(), csr.subject, client=True)  # type: ignore[arg-type]
     se.mtls.install_chain([client_cert])
     record(
         "CSR signed in the SE",
         csr.is_signature_valid,
-        "client certificate issued (stand-in CA) and installed",
+        "client certificate issued by a stand-in fleet CA and installed",
     )
 
-    answer = _mtls_round_trip(se, pki, state_dir)
+    answer = _mtls_round_trip(se, fleet_ca, state_dir)
     record(
         "mutual TLS 1.3, key in the SE",
         answer == b"hello from the fleet",
         f"server answered {answer!r}",
     )
 
+    firmware_signer = factory.store.signer(FIRMWARE_KEY)
     image = secrets.token_bytes(64 * 1024)
-    sig = sign_raw_image(pki.firmware_key, image, version=ImageVersion(1, 1, 0), security_counter=2)
-    sig_file = RawSignature(HashAlg.SHA256, ImageVersion(1, 1, 0), 2, sig).encode()
+    version = ImageVersion(1, 1, 0)
+    sig_file = sign_raw(image, firmware_signer, version=version, security_counter=2)
     (state_dir / "fw.bin").write_bytes(image)
     good = se.verify_firmware(state_dir / "fw.bin", signature=sig_file)
     floor = se.firmware.confirm() if good.valid else -1  # the bootloader booted it: confirm
     (state_dir / "fw-tampered.bin").write_bytes(image[:-1] + bytes([image[-1] ^ 1]))
     bad = se.verify_firmware(state_dir / "fw-tampered.bin", signature=sig_file)
-    verified = good.valid and not bad.valid
     record(
         "signed firmware",
-        verified and floor == 2,
-        f"valid image accepted, tampered refused ({bad.reason}), rollback floor now {floor}",
+        good.valid and not bad.valid and floor == 2,
+        f"factory-signed image accepted, tampered refused ({bad.reason}), "
+        f"rollback floor now {floor}",
     )
 
-    secret_for_old_key = ecies_encrypt(identity, b"telemetry sealed to epoch 1")  # type: ignore[arg-type]
+    sealed = ecies_encrypt(identity, b"telemetry sealed to epoch 1")  # type: ignore[arg-type]
     fleet_nonce = secrets.token_bytes(16)
     proof = se.rotation.rotate(fleet_nonce)
-    proof.verify(identity, card.uid)
-    ack = pki.rotation_key.sign(
-        ack_tbs(card.uid, proof.epoch, proof.public_key_der, fleet_nonce), ec.ECDSA(hashes.SHA256())
-    )
+    proof.verify(identity, factory.uid)
+    authority = factory.store.signer(ROTATION_AUTHORITY_KEY)
+    ack = authority.sign(ack_tbs(factory.uid, proof.epoch, proof.public_key_der, fleet_nonce))
     epoch = se.rotation.commit(ack)
-    recovered = se.rotation.decrypt(1, secret_for_old_key)
+    recovered = se.rotation.decrypt(1, sealed)
     record(
         "key rotation",
         epoch == 2 and recovered == b"telemetry sealed to epoch 1",
         "proof of continuity verified, authority ack committed, epoch 2; old key decrypt-only",
     )
 
-    reopened = SecureElement(open_connection(card_dir))
+    reopened = SecureElement(open_connection(factory.card_dir))
     state = reopened.provisioning.state()
     isd = reopened.isd
-    isd.authenticate(pki.isd_keys(card.uid), kvn=isd_kvn)
+    isd.authenticate(factory.isd_keys, kvn=PER_CARD_ISD_KVN)
     record(
         "restart from NVM",
         state.epoch == 2 and state.provisioned,
-        "state reloaded; per-card ISD keys open 0x33",
+        "state reloaded; the per-card ISD keys open level 0x33",
     )
 
     count, start = 0, time.perf_counter()
@@ -266,10 +317,10 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _mtls_round_trip(se: SecureElement, pki: DevPki, workdir: Path) -> bytes:
+def _mtls_round_trip(se: SecureElement, ca: StandInCa, workdir: Path) -> bytes:
     """A local TLS server (stdlib ssl, CERT_REQUIRED) stands in for the fleet gateway."""
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = issue_certificate(pki, server_key.public_key(), None, client=False)
+    server_cert = ca.issue(server_key.public_key(), None, client=False)
     (workdir / "gw.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     (workdir / "gw.key").write_bytes(
         server_key.private_bytes(
@@ -278,10 +329,10 @@ def _mtls_round_trip(se: SecureElement, pki: DevPki, workdir: Path) -> bytes:
             serialization.NoEncryption(),
         )
     )
-    (workdir / "root.pem").write_bytes(pki.root_cert.public_bytes(serialization.Encoding.PEM))
+    (workdir / "fleet-ca.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(workdir / "gw.pem", workdir / "gw.key")
-    ctx.load_verify_locations(workdir / "root.pem")
+    ctx.load_verify_locations(workdir / "fleet-ca.pem")
     ctx.verify_mode = ssl.CERT_REQUIRED
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -305,7 +356,7 @@ def _mtls_round_trip(se: SecureElement, pki: DevPki, workdir: Path) -> bytes:
         port,
         credential.signer,
         credential.chain,
-        [pki.root_cert],
+        [ca.cert],
         versions=("TLS1.3",),
     )
     try:

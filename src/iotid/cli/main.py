@@ -39,8 +39,9 @@ def demo(
 ) -> None:
     """Run what iotid has built so far, end to end, and report."""
     console.print(
-        "[bold]iotid demo[/bold] — built so far: the secure element (card OS, GP ISD over "
-        "SCP03, five identity applets) and the device side (host shim, TLS, bootloader API)."
+        "[bold]iotid demo[/bold] — built so far: the factory (ceremony, batch, personalisation "
+        "line), the secure element and its five applets, and the device side (host shim, mTLS, "
+        "bootloader API)."
     )
     with tempfile.TemporaryDirectory(prefix="iotid-demo-") as tmp:
         base = directory or Path(tmp)

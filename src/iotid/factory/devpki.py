@@ -79,11 +79,15 @@ class DevPki:
         isd_master = _load_or_make_secret(directory / "isd-master.key")
         root_cert = _load_or_make_cert(
             directory / "root.pem",
-            lambda: _ca_cert("iotid development root", keys["root"], keys["root"], None, None),
+            lambda: ca_certificate(
+                "iotid development root", keys["root"], keys["root"], None, None
+            ),
         )
         batch_cert = _load_or_make_cert(
             directory / "batch-ca.pem",
-            lambda: _ca_cert("iotid development batch", keys["batch"], keys["root"], root_cert, 0),
+            lambda: ca_certificate(
+                "iotid development batch", keys["batch"], keys["root"], root_cert, 0
+            ),
         )
         return cls(
             directory,
@@ -131,17 +135,22 @@ class DevPki:
 
 
 def issue_certificate(
-    pki: DevPki, public_key: PublicKey, subject: x509.Name | None, *, client: bool
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate,
+    public_key: PublicKey,
+    subject: x509.Name | None,
+    *,
+    client: bool,
 ) -> x509.Certificate:
-    """An end-entity certificate from the development root, standing in for the fleet's issuing
-    CA (which does not exist yet): ``client`` for a device (clientAuth, subject kept), otherwise
-    a server certificate for 127.0.0.1/localhost (serverAuth)."""
+    """An end-entity certificate from a development CA, standing in for the fleet's issuing CA
+    (which does not exist yet): ``client`` for a device (clientAuth, subject kept), otherwise a
+    server certificate for 127.0.0.1/localhost (serverAuth)."""
     now = dt.datetime.now(dt.UTC)
     name = subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(pki.root_cert.subject)
+        .issuer_name(issuer.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -156,7 +165,7 @@ def issue_certificate(
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.root_key.public_key()),
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
             critical=False,
         )
     )
@@ -167,7 +176,7 @@ def issue_certificate(
             ),
             critical=False,
         )
-    return builder.sign(pki.root_key, hashes.SHA384())
+    return builder.sign(issuer_key, hashes.SHA384())
 
 
 def _usage(*, signing: bool) -> x509.KeyUsage:
@@ -184,7 +193,7 @@ def _usage(*, signing: bool) -> x509.KeyUsage:
     )
 
 
-def _ca_cert(
+def ca_certificate(
     cn: str,
     key: ec.EllipticCurvePrivateKey,
     issuer_key: ec.EllipticCurvePrivateKey,
