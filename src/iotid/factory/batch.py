@@ -238,6 +238,11 @@ def attestation_certifier(
         decipher_only=False,
     )
 
+    # The same for every card of the batch: computed once, not per certificate.
+    issuer = batch_ca.subject
+    end_entity = x509.BasicConstraints(ca=False, path_length=None)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public)
+
     def certify(public: PublicKey, uid: bytes) -> x509.Certificate:
         now = dt.datetime.now(dt.UTC)
         uid_hex = uid.hex().upper()
@@ -250,17 +255,15 @@ def attestation_certifier(
         builder = (
             x509.CertificateBuilder()
             .subject_name(name)
-            .issuer_name(batch_ca.subject)
+            .issuer_name(issuer)
             .public_key(public)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + _ATTESTATION_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(end_entity, critical=True)
             .add_extension(usage, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False
-            )
+            .add_extension(aki, critical=False)
         )
         return sign_certificate(builder, signer)
 

@@ -84,9 +84,9 @@ class Registry:
     def entries(self) -> list[RegistryEntry]:
         out = []
         for key in self._nvm.keys(_PREFIX):
-            raw = self._nvm.get(key)
-            if raw is not None:
-                out.append(RegistryEntry.decode(bytes.fromhex(key[len(_PREFIX) :]), raw))
+            entry = self.get(bytes.fromhex(key[len(_PREFIX) :]))
+            if entry is not None:
+                out.append(entry)
         return out
 
     def find(self, partial_aid: bytes) -> list[RegistryEntry]:
