@@ -44,6 +44,7 @@ from iotid.factory.keystore import (
     UnknownKeyError,
     fingerprint,
 )
+from iotid.factory.profiles import CA_KEY_USAGE, SIGNING_KEY_USAGE
 from iotid.factory.x509sign import sign_certificate
 from iotid.spec.algorithms import KeyAlg
 from iotid.spec.manifest import BATCH_NAME_PATTERN, IDENTITY_ALG_NAMES, certificate_sha256
@@ -226,17 +227,7 @@ def attestation_certifier(
     serialNumber = UID (hex), end entity, digitalSignature, SKI/AKI (RFC 5280 §4.2.1), 20 years.
     """
     ca_public = signer.public_key()
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = SIGNING_KEY_USAGE
 
     # The same for every card of the batch: computed once, not per certificate.
     issuer = batch_ca.subject
@@ -302,17 +293,7 @@ def _issue_ca(
             x509.NameAttribute(NameOID.COMMON_NAME, f"iotid batch attestation CA {name}"),
         ]
     )
-    usage = x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = CA_KEY_USAGE
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from iotid.factory.diversify import diversify_isd_keys
+from iotid.factory.profiles import CA_KEY_USAGE, SIGNING_KEY_USAGE
 from iotid.scp03 import StaticKeys
 from iotid.spec.algorithms import KeyAlg
 
@@ -124,7 +125,7 @@ class DevPki:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + _VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_usage(signing=True), critical=True)
+            .add_extension(SIGNING_KEY_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.batch_key.public_key()),
@@ -156,7 +157,7 @@ def issue_certificate(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_usage(signing=True), critical=True)
+        .add_extension(SIGNING_KEY_USAGE, critical=True)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
@@ -177,20 +178,6 @@ def issue_certificate(
             critical=False,
         )
     return builder.sign(issuer_key, hashes.SHA384())
-
-
-def _usage(*, signing: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=signing,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=not signing,
-        crl_sign=not signing,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def ca_certificate(
@@ -216,7 +203,7 @@ def ca_certificate(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(_usage(signing=False), critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
