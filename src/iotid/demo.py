@@ -37,7 +37,8 @@ from iotid.crypto import cose
 from iotid.crypto.ecies import ecies_encrypt
 from iotid.crypto.identity_kdf import derive_identity_key
 from iotid.factory.batch import FIRMWARE_KEY, ROTATION_AUTHORITY_KEY, create_batch
-from iotid.factory.ceremony import init_ceremony, open_store, verify_ceremony
+from iotid.factory.ceremony import init_ceremony, open_store
+from iotid.factory.ceremony_verify import verify_ceremony
 from iotid.factory.devpki import ca_certificate, issue_certificate
 from iotid.factory.diversify import diversify_isd_keys
 from iotid.factory.firmware import sign_raw

@@ -29,8 +29,8 @@ from iotid.factory.ceremony import (
     CeremonyError,
     init_ceremony,
     quorum_unlock,
-    verify_ceremony,
 )
+from iotid.factory.ceremony_verify import ceremony_reference, verify_ceremony
 from iotid.factory.keystore import LockedError, QuorumError, Tier, fingerprint
 from iotid.factory.shares import read_share_file
 from iotid.factory.x509sign import X509SignError, sign_certificate
@@ -141,7 +141,7 @@ def test_root_certificate_profile(template: tuple[Path, ceremony.CeremonyResult]
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.key_cert_sign and usage.crl_sign and not usage.digital_signature
     cert.verify_directly_issued_by(cert)
-    assert ceremony.ceremony_reference(cert) == result.reference
+    assert ceremony_reference(cert) == result.reference
     text = subprocess.run(
         ["openssl", "x509", "-noout", "-text", "-in", str(directory / ROOT_CERT_FILE)],
         capture_output=True,

@@ -34,7 +34,8 @@ from typer.testing import CliRunner, Result
 from iotid.cli.factory_firmware import firmware_app
 from iotid.factory import ceremony
 from iotid.factory.batch import FIRMWARE_KEY, create_batch
-from iotid.factory.ceremony import init_ceremony, quorum_unlock, verify_ceremony
+from iotid.factory.ceremony import init_ceremony, quorum_unlock
+from iotid.factory.ceremony_verify import verify_ceremony
 from iotid.factory.firmware import FirmwareSigningError, sign_mcuboot, sign_raw
 from iotid.factory.keystore import PublicKey, Tier, fingerprint
 from iotid.factory.line import read_line_key

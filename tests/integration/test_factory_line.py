@@ -30,7 +30,8 @@ from iotid.cli.factory_batch import batch_app, personalise
 from iotid.crypto import cose
 from iotid.factory import ceremony, line
 from iotid.factory.batch import BatchError, create_batch, load_batch
-from iotid.factory.ceremony import CeremonyResult, init_ceremony, verify_ceremony
+from iotid.factory.ceremony import CeremonyResult, init_ceremony
+from iotid.factory.ceremony_verify import verify_ceremony
 from iotid.factory.diversify import diversify_isd_keys
 from iotid.factory.keystore import KeyStoreError, Tier
 from iotid.factory.line import LineError, personalise_batch, read_line_key

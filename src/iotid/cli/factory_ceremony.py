@@ -22,8 +22,8 @@ from iotid.factory.ceremony import (
     SHARES_DIR,
     CeremonyError,
     init_ceremony,
-    verify_ceremony,
 )
+from iotid.factory.ceremony_verify import verify_ceremony
 from iotid.factory.keystore import KeyStoreError
 
 ceremony_app = typer.Typer(

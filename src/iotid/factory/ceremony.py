@@ -3,8 +3,8 @@
 Scope: :func:`init_ceremony` creates, in one directory, the key store (``stores``), one SLIP-39
 share file per custodian, the issuance root CA key (EC P-384, QUORUM tier: it never leaves the
 backend) and its self-signed certificate, and a hash-chained record (``record``) of every step.
-:func:`verify_ceremony` re-checks all of it. :func:`quorum_unlock`, :func:`open_store`,
-:func:`root_certificate` and :func:`append_step` are what the other factory steps (batches) use.
+:func:`quorum_unlock`, :func:`open_store`, :func:`root_certificate`, :func:`open_record` and
+:func:`append_step` are what the other factory steps (batches) and ``ceremony_verify`` use.
 
 Layout of a ceremony directory::
 
@@ -30,7 +30,9 @@ certificate cannot name the entry recording its own issuance (that entry contain
 certificate's hash), so the record closes the loop the other way: the entry right after the one
 named must be ``root.certificate.issued`` with this certificate's SHA-256. Together the two
 anchor the record against the removal of its own newest entries up to that point.
-Not in scope: key store backends (``softstore``, ``hsmstore``, ``stores``), batches.
+Not in scope: checking a finished ceremony (``ceremony_verify``: :func:`verify_ceremony`,
+reading the reference back out of a certificate), key store backends (``softstore``,
+``hsmstore``, ``stores``), batches.
 """
 
 from __future__ import annotations
@@ -46,13 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import CertificatePoliciesOID, NameOID
 
 from iotid.factory import environment, stores
 from iotid.factory import shares as slip39
 from iotid.factory.keystore import KeyStoreError, PublicKey, Tier, fingerprint
+from iotid.factory.profiles import CA_KEY_USAGE
 from iotid.factory.record import Entry, Record, RecordError
 from iotid.factory.x509sign import X509SignError, sign_certificate
 from iotid.spec.algorithms import KeyAlg
@@ -69,7 +71,6 @@ ROOT_KEY_GENERATED = "root.key.generated"
 ROOT_CERT_ISSUED = "root.certificate.issued"
 _VALIDITY = dt.timedelta(days=365 * 20)
 _CUSTODIAN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_REFERENCE = re.compile(re.escape(CPS_PREFIX) + r"([0-9a-f]{64})")
 
 
 class CeremonyError(Exception):
@@ -99,41 +100,6 @@ class CeremonyResult:
     #: The record entry hash the certificate names.
     reference: str
     record_head: str
-
-
-@dataclass(frozen=True)
-class CeremonyReport:
-    directory: Path
-    ceremony_id: str
-    created: str
-    threshold: int
-    count: int
-    custodians: tuple[str, ...]
-    backend: str
-    root_subject: str
-    root_fingerprint: str
-    root_key_fingerprint: str
-    not_after: str
-    reference: Entry
-    entries: int
-    record_head: str
-    #: Entries after the root certificate's issuance (batches and other later steps).
-    later_steps: int
-
-
-def ceremony_reference(cert: x509.Certificate) -> str | None:
-    """The record entry hash a root certificate names, if it names exactly one."""
-    try:
-        policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
-    except x509.ExtensionNotFound:
-        return None
-    found = [
-        match.group(1)
-        for policy in policies
-        for qualifier in policy.policy_qualifiers or []
-        if isinstance(qualifier, str) and (match := _REFERENCE.fullmatch(qualifier))
-    ]
-    return found[0] if len(found) == 1 else None
 
 
 def init_ceremony(
@@ -322,17 +288,7 @@ def _root_builder(
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
-    usage = x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = CA_KEY_USAGE
     policy = x509.PolicyInformation(CertificatePoliciesOID.ANY_POLICY, [CPS_PREFIX + reference])
     return (
         x509.CertificateBuilder()
@@ -349,102 +305,6 @@ def _root_builder(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
         .add_extension(x509.CertificatePolicies([policy]), critical=False)
     )
-
-
-# --- verification ----------------------------------------------------------------------------
-
-
-def verify_ceremony(directory: Path) -> CeremonyReport:
-    """Check the record's chain and the root certificate's tie to it; CeremonyError if not."""
-    directory = Path(directory)
-    record = open_record(directory)
-    cert = root_certificate(directory)
-    reference = ceremony_reference(cert)
-    if reference is None:
-        raise CeremonyError(
-            "the root certificate is not tied to a ceremony record "
-            f"(no single {CPS_PREFIX}<hash> CPS qualifier)"
-        )
-    entry = record.find(reference)
-    if entry is None:
-        raise CeremonyError(
-            f"the root certificate names record entry {reference[:16]}..., "
-            "which is not in this ceremony record"
-        )
-    if entry.action != ROOT_KEY_GENERATED:
-        raise CeremonyError(
-            f"the root certificate names record line {entry.seq + 1}, a {entry.action!r} step, "
-            f"not {ROOT_KEY_GENERATED!r}"
-        )
-    cert_key_fp = fingerprint(_public_key(cert))
-    if entry.details.get("fingerprint") != cert_key_fp:
-        raise CeremonyError(
-            f"key mismatch: the root certificate's key ({cert_key_fp[:16]}...) is not the root "
-            f"key recorded on line {entry.seq + 1} "
-            f"({str(entry.details.get('fingerprint'))[:16]}...)"
-        )
-    _check_root(cert)
-    entries = record.entries
-    issued = entries[entry.seq + 1] if entry.seq + 1 < len(entries) else None
-    if issued is None or issued.action != ROOT_CERT_ISSUED:
-        raise CeremonyError(
-            f"the record does not show the root certificate's issuance right after line "
-            f"{entry.seq + 1} (entries were removed?)"
-        )
-    if issued.details.get("certificate_sha256") != certificate_sha256(cert):
-        raise CeremonyError(
-            f"{ROOT_CERT_FILE} is not the certificate the record says was issued "
-            f"(line {issued.seq + 1})"
-        )
-    header = record.header
-    try:
-        quorum = header["quorum"]
-        threshold, count = int(quorum["threshold"]), int(quorum["count"])
-        ceremony_id, custodians = str(header["ceremony_id"]), tuple(header["custodians"])
-    except (KeyError, TypeError, ValueError):
-        raise CeremonyError("the ceremony record's header is incomplete") from None
-    return CeremonyReport(
-        directory=directory,
-        ceremony_id=ceremony_id,
-        created=entries[0].time,
-        threshold=threshold,
-        count=count,
-        custodians=custodians,
-        backend=str(entry.details.get("backend", "unknown")),
-        root_subject=cert.subject.rfc4514_string(),
-        root_fingerprint=certificate_sha256(cert),
-        root_key_fingerprint=cert_key_fp,
-        not_after=cert.not_valid_after_utc.isoformat(),
-        reference=entry,
-        entries=len(entries),
-        record_head=record.head_hash,
-        later_steps=len(entries) - issued.seq - 1,
-    )
-
-
-def _public_key(cert: x509.Certificate) -> Any:
-    try:
-        return cert.public_key()
-    except (ValueError, TypeError):
-        raise CeremonyError("the root certificate's public key cannot be read") from None
-
-
-def _check_root(cert: x509.Certificate) -> None:
-    if cert.issuer != cert.subject:
-        raise CeremonyError("the root certificate is not self-issued (issuer != subject)")
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (InvalidSignature, ValueError, TypeError):
-        raise CeremonyError("the root certificate's self-signature does not verify") from None
-    try:
-        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
-    except x509.ExtensionNotFound:
-        raise CeremonyError("the root certificate lacks BasicConstraints or KeyUsage") from None
-    if not (basic.critical and basic.value.ca):
-        raise CeremonyError("the root certificate is not a CA (BasicConstraints cA, critical)")
-    if not (usage.critical and usage.value.key_cert_sign):
-        raise CeremonyError("the root certificate may not sign certificates (KeyUsage)")
 
 
 # --- what other factory steps use --------------------------------------------------------------
@@ -544,19 +404,18 @@ __all__ = [
     "RECORD_FILE",
     "ROOT_ALG",
     "ROOT_CERT_FILE",
+    "ROOT_CERT_ISSUED",
     "ROOT_KEY",
+    "ROOT_KEY_GENERATED",
     "SHARES_DIR",
     "CeremonyError",
-    "CeremonyReport",
     "CeremonyResult",
     "ShareFile",
     "append_step",
-    "ceremony_reference",
     "certificate_sha256",
     "init_ceremony",
     "open_record",
     "open_store",
     "quorum_unlock",
     "root_certificate",
-    "verify_ceremony",
 ]
