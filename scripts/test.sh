@@ -5,9 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh --test
 scripts/services.sh
+scripts/postgres.sh
 export PATH="$PWD/.venv/bin:$PATH"
 # The PC/SC end-to-end tests must run here, not skip.
 export IOTID_REQUIRE_PCSC=1
+# ... and so must the fleet's PostgreSQL tests (SQLite and PostgreSQL both run in CI).
+export IOTID_REQUIRE_POSTGRES=1
 echo "== ruff";          ruff check src tests bench
 echo "== ruff format";   ruff format --check src tests bench
 echo "== mypy";          mypy

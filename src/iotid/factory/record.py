@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iotid.spec.canonical import CanonicalJsonError
+from iotid.spec.canonical import canonical_json as _canonical
+
 FORMAT = "iotid-ceremony-record/1"
 GENESIS_PREV = "0" * 64
 CREATED = "record.created"
@@ -47,14 +50,11 @@ class RecordError(Exception):
 
 
 def canonical_json(value: Any) -> bytes:
-    """The canonical encoding every hash in the record is computed over."""
+    """The canonical encoding every hash in the record is computed over (spec/canonical.py)."""
     try:
-        text = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        )
-    except (TypeError, ValueError) as exc:
-        raise RecordError(f"not representable as canonical JSON: {exc}") from None
-    return text.encode("ascii")
+        return _canonical(value)
+    except CanonicalJsonError as exc:
+        raise RecordError(str(exc)) from None
 
 
 def _digest(body: Mapping[str, Any]) -> str:

@@ -1,0 +1,1 @@
+"""Alembic revisions of the fleet registry, oldest first (Alembic skips this file)."""
