@@ -21,8 +21,6 @@ Run: ``.venv/bin/python bench/bench_tls.py`` (about 1-2 minutes).
 from __future__ import annotations
 
 import argparse
-import datetime
-import ipaddress
 import socket
 import ssl
 import subprocess
@@ -35,10 +33,6 @@ from functools import partial
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tlslite import keyexchange, recordlayer  # type: ignore[import-untyped]
 
 from _util import (
@@ -52,25 +46,15 @@ from _util import (
     measure_paired,
     new_table,
 )
-from iotid.host.mtls import MtlsSession, perso_dgis
-from iotid.host.protocol import SmartCardProtocol
-from iotid.host.securitydomain import SecurityDomainSession
 from iotid.host.tls import DigestSigner, connect, enable_cryptography_backend
-from iotid.scp03 import StaticKeys
-from iotid.se import Card
-from iotid.se.applets.mtls import MtlsApplet
-from iotid.se.identity import IdentityStore
-from iotid.spec import mtls
-from iotid.transport.loopback import LoopbackConnection
+from iotid.spec.algorithms import KeyAlg
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-HASHES = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384()}
-KEYS: dict[str, Callable[[], PrivateKey]] = {
-    "P-256": lambda: ec.generate_private_key(ec.SECP256R1()),
-    "P-384": lambda: ec.generate_private_key(ec.SECP384R1()),
-    "RSA-2048": lambda: rsa.generate_private_key(65537, 2048),
-}
+# tests/ on the path: the test PKI and the signers of tests/support (this file runs as a script).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.pki import Ca, ca, new_key, write_pem
+from support.tls import HASHES, Recording, SoftwareSigner, card_signer
+
+KEYS = {"P-256": KeyAlg.EC_P256, "P-384": KeyAlg.EC_P384, "RSA-2048": KeyAlg.RSA_2048}
 SIGN_AS = {
     "P-256": ("sha256", "ecdsa"),
     "P-384": ("sha384", "ecdsa"),
@@ -79,106 +63,7 @@ SIGN_AS = {
 VERSIONS = ("TLS1.3", "TLS1.2")
 
 
-# -- signers ------------------------------------------------------------------------------------
-class FileKeySigner:
-    """The bound: a ``cryptography`` private key in process memory behind ``DigestSigner``."""
-
-    def __init__(self, key: PrivateKey) -> None:
-        self._key = key
-
-    def public_key(self) -> PublicKey:
-        return self._key.public_key()
-
-    def sign_digest(self, digest: bytes, hash_name: str, scheme: str) -> bytes:
-        algo = HASHES[hash_name]
-        if isinstance(self._key, ec.EllipticCurvePrivateKey):
-            return self._key.sign(digest, ec.ECDSA(Prehashed(algo)))
-        pad: padding.AsymmetricPadding = (
-            padding.PSS(padding.MGF1(algo), algo.digest_size)
-            if scheme == "pss"
-            else padding.PKCS1v15()
-        )
-        return self._key.sign(digest, pad, Prehashed(algo))
-
-
-class Counting:
-    """Counts signatures, to check that a handshake really used the signer under test."""
-
-    def __init__(self, inner: DigestSigner) -> None:
-        self.inner = inner
-        self.calls: list[tuple[str, str]] = []
-
-    def public_key(self) -> PublicKey:
-        return self.inner.public_key()
-
-    def sign_digest(self, digest: bytes, hash_name: str, scheme: str) -> bytes:
-        self.calls.append((hash_name, scheme))
-        return self.inner.sign_digest(digest, hash_name, scheme)
-
-
-def card_session(key: PrivateKey, cert: x509.Certificate) -> MtlsSession:
-    card = Card.create(None, uid=bytes(range(10)), applets=[MtlsApplet])
-    sd = SecurityDomainSession(LoopbackConnection(card))
-    sd.authenticate(StaticKeys.gp_test_keys())
-    sd.install_for_personalization(mtls.AID)
-    sd.store_data(perso_dgis())
-    with card.nvm.transaction():
-        IdentityStore(card.nvm, card.keys).provision(key)
-    session = MtlsSession(SmartCardProtocol(LoopbackConnection(card)))
-    session.install_chain([cert])
-    return session
-
-
-# -- PKI and server -----------------------------------------------------------------------------
-def _issue(
-    cn: str, public: PublicKey, issuer: x509.Name, issuer_key: PrivateKey, *, ca: bool = False
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject if ca else issuer)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    )
-    if ca:
-        b = b.add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-    else:
-        b = b.add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        eku = (
-            ExtendedKeyUsageOID.CLIENT_AUTH
-            if cn != "localhost"
-            else ExtendedKeyUsageOID.SERVER_AUTH
-        )
-        b = b.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-        if cn == "localhost":
-            san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(item: x509.Certificate | PrivateKey) -> bytes:
-    if isinstance(item, x509.Certificate):
-        return item.public_bytes(serialization.Encoding.PEM)
-    return item.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
+# -- the server ---------------------------------------------------------------------------------
 def serve(directory: Path) -> None:
     """The server process: handshake, read until the client closes, repeat (until killed)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -258,18 +143,11 @@ def with_backend(fast: bool, fn: Callable[[], object]) -> None:
         fn()
 
 
-def bench_key(
-    alg: str,
-    port: int,
-    ca: x509.Certificate,
-    ca_key: PrivateKey,
-    out: Results,
-    target: float,
-    reps: int,
-) -> None:
-    key = KEYS[alg]()
-    card = card_session(key, _issue(f"device {alg}", key.public_key(), ca.subject, ca_key))
-    file_key = FileKeySigner(key)
+def bench_key(alg: str, port: int, authority: Ca, out: Results, target: float, reps: int) -> None:
+    key = new_key(KEYS[alg])
+    card = card_signer(key, authority.client(f"device {alg}", key.public_key()))
+    file_key = SoftwareSigner(key)
+    ca = authority.cert
     chain = card.chain()
 
     def paired(fn: Callable[[], object], bound: Callable[[], object]) -> Paired:
@@ -279,7 +157,7 @@ def bench_key(
     # Check before timing: each signer signs once per handshake, with the expected scheme.
     for version in VERSIONS:
         for signer in (card, file_key):
-            counting = Counting(signer)
+            counting = Recording(signer)
             handshake(port, ca, chain, counting, version)
             if counting.calls != [SIGN_AS[alg]]:
                 raise SystemExit(f"{alg} {version}: signer calls {counting.calls}")
@@ -388,16 +266,14 @@ def run(target: float, reps: int) -> None:
     out = Results()
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         directory = Path(tmp)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _issue("bench CA", ca_key.public_key(), x509.Name([]), ca_key, ca=True)
-        server_key = ec.generate_private_key(ec.SECP256R1())
-        server = _issue("localhost", server_key.public_key(), ca.subject, ca_key)
-        (directory / "ca.pem").write_bytes(_pem(ca))
-        (directory / "server.pem").write_bytes(_pem(server))
-        (directory / "server.key").write_bytes(_pem(server_key))
+        authority = ca("bench CA")
+        server, server_key = authority.server()
+        write_pem(directory / "ca.pem", authority.cert)
+        write_pem(directory / "server.pem", server)
+        write_pem(directory / "server.key", server_key)
         with server_process(directory) as port:
             for alg in KEYS:
-                bench_key(alg, port, ca, ca_key, out, target, reps)
+                bench_key(alg, port, authority, out, target, reps)
     report(out)
 
 

@@ -20,11 +20,8 @@ Not covered here: the checks (``test_firmware_tearing.py`` reopens the card in t
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from pathlib import Path
-from unittest import mock
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -32,9 +29,13 @@ from iotid.crypto.firmware_raw import sign_raw_image
 from iotid.crypto.mcuboot import ImageVersion
 from iotid.host import SmartCardProtocol
 from iotid.host.firmware import FirmwareSession
-from iotid.se import Card, Nvm
+from iotid.se import Card
 from iotid.se.applets.firmware import FirmwareApplet
 from iotid.transport.loopback import LoopbackConnection
+
+# tests/ on the path for the shared harness (this file runs as a script).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.tearing import ChildArgs, report, tearing
 
 #: The firmware issuance key of the test cards (deterministic, so parent and child agree).
 ISSUER = ec.derive_private_key(0x5EC0DE, ec.SECP256R1())
@@ -51,41 +52,22 @@ def raw_image(counter: int) -> tuple[bytes, bytes]:
     return data, sign_raw_image(ISSUER, data, version=VERSION, security_counter=counter)
 
 
-class _Tear:
-    """Counts write points; kills this process with SIGKILL at point number ``kill_at``."""
-
-    def __init__(self, kill_at: int) -> None:
-        self.kill_at = kill_at
-        self.labels: list[str] = []
-
-    def __call__(self, label: str) -> None:
-        self.labels.append(label)
-        if len(self.labels) == self.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def main(argv: list[str]) -> int:
-    state_dir, kill_at, mode = Path(argv[1]), int(argv[2]), argv[3]
-    durable = "--volatile" not in argv[4:]
-    card = Card.open(state_dir, durable=durable, applets=[FirmwareApplet])
+    args = ChildArgs.parse(argv)
+    card = Card.open(args.state, durable=args.durable, applets=[FirmwareApplet])
     session = FirmwareSession(SmartCardProtocol(LoopbackConnection(card)))
-    tear = _Tear(kill_at)
-    with mock.patch.object(Nvm, "_write_point", tear):
-        if mode == "confirm":
+    with tearing(args.kill_at) as tear:
+        if args.mode == "confirm":
             result = f"FLOOR {session.confirm()}"
-        elif mode == "finish":
+        elif args.mode == "finish":
             data, sig = raw_image(NEXT_COUNTER)
             session.begin_raw(length=len(data), version=VERSION, security_counter=NEXT_COUNTER)
             for i in range(0, len(data), 255):
                 session.update(data[i : i + 255])
             result = f"VERDICT {session.finish(sig).reason}"
         else:
-            raise SystemExit(f"unknown mode {mode!r}")
-    print(f"POINTS {len(tear.labels)}")
-    for i, label in enumerate(tear.labels, 1):
-        print(f"POINT {i} {label}")
-    print(result)
-    print("DONE", flush=True)
+            raise SystemExit(f"unknown mode {args.mode!r}")
+    report(tear, result)
     return 0
 
 

@@ -19,21 +19,22 @@ Not covered here: the checks (``test_provisioning_tearing.py`` reopens the card 
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from pathlib import Path
-from unittest import mock
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from iotid.host.protocol import SmartCardProtocol
 from iotid.host.provisioning import ProvisioningSession, rekey_tbs
-from iotid.se import Card, Nvm
+from iotid.se import Card
 from iotid.se.applets.provisioning import ProvisioningApplet
 from iotid.spec.algorithms import KeyAlg
 from iotid.transport.loopback import LoopbackConnection
+
+# tests/ on the path for the shared harness (this file runs as a script).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.tearing import ChildArgs, report, tearing
 
 UID = bytes.fromhex("A1A2A3A4A5A6A7A8A9AA")
 MASTER = bytes(range(0x80, 0xA0))
@@ -41,19 +42,6 @@ ALG = KeyAlg.EC_P256
 #: The operator's re-key authority (test key; in the field it never is on the device).
 OPERATOR = ec.derive_private_key(0xC0FFEE, ec.SECP256R1())
 APPLETS = [ProvisioningApplet]
-
-
-class _Tear:
-    """Counts write points; kills this process with SIGKILL at point number ``kill_at``."""
-
-    def __init__(self, kill_at: int) -> None:
-        self.kill_at = kill_at
-        self.labels: list[str] = []
-
-    def __call__(self, label: str) -> None:
-        self.labels.append(label)
-        if len(self.labels) == self.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def operator_signature(session: ProvisioningSession) -> bytes:
@@ -66,21 +54,17 @@ def operator_signature(session: ProvisioningSession) -> bytes:
 
 
 def main(argv: list[str]) -> int:
-    state_dir, kill_at, mode = Path(argv[1]), int(argv[2]), argv[3]
-    tear = _Tear(kill_at)
-    card = Card.open(state_dir, applets=APPLETS)
-    with mock.patch.object(Nvm, "_write_point", tear):
+    args = ChildArgs.parse(argv)
+    card = Card.open(args.state, applets=APPLETS)
+    with tearing(args.kill_at) as tear:
         session = ProvisioningSession(SmartCardProtocol(LoopbackConnection(card)))
-        if mode == "provision":
+        if args.mode == "provision":
             session.provision()
-        elif mode == "rekey":
+        elif args.mode == "rekey":
             session.rekey(operator_signature(session))
         else:
-            raise SystemExit(f"unknown mode {mode!r}")
-    print(f"POINTS {len(tear.labels)}")
-    for i, label in enumerate(tear.labels, 1):
-        print(f"POINT {i} {label}")
-    print("DONE", flush=True)
+            raise SystemExit(f"unknown mode {args.mode!r}")
+    report(tear)
     return 0
 
 

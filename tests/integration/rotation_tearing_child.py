@@ -14,50 +14,34 @@ Not covered here: the checks (``test_rotation_tearing.py`` reopens the card in t
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from pathlib import Path
-from unittest import mock
 
 from iotid.host.protocol import SmartCardProtocol
 from iotid.host.rotation import RotationSession
-from iotid.se import Card, Nvm
+from iotid.se import Card
 from iotid.se.applets.rotation import RotationApplet
 from iotid.transport.loopback import LoopbackConnection
+
+# tests/ on the path for the shared harness (this file runs as a script).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.tearing import ChildArgs, report, tearing
 
 NONCE = bytes(range(0x40, 0x60))
 
 
-class _Tear:
-    """Counts write points; kills this process with SIGKILL at point number ``kill_at``."""
-
-    def __init__(self, kill_at: int) -> None:
-        self.kill_at = kill_at
-        self.labels: list[str] = []
-
-    def __call__(self, label: str) -> None:
-        self.labels.append(label)
-        if len(self.labels) == self.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def main(argv: list[str]) -> int:
-    state_dir, kill_at, mode = Path(argv[1]), int(argv[2]), argv[3]
-    tear = _Tear(kill_at)
-    card = Card.open(state_dir, applets=[RotationApplet])
-    with mock.patch.object(Nvm, "_write_point", tear):
+    args = ChildArgs.parse(argv)
+    card = Card.open(args.state, applets=[RotationApplet])
+    with tearing(args.kill_at) as tear:
         session = RotationSession(SmartCardProtocol(LoopbackConnection(card)))
-        if mode == "rotate":
+        if args.mode == "rotate":
             session.rotate(NONCE)
-        elif mode == "commit":
-            session.commit(bytes.fromhex(argv[4]))
+        elif args.mode == "commit":
+            session.commit(bytes.fromhex(args.rest[0]))
         else:
-            raise SystemExit(f"unknown mode {mode!r}")
-    print(f"POINTS {len(tear.labels)}")
-    for i, label in enumerate(tear.labels, 1):
-        print(f"POINT {i} {label}")
-    print("DONE", flush=True)
+            raise SystemExit(f"unknown mode {args.mode!r}")
+    report(tear)
     return 0
 
 

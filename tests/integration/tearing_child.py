@@ -21,19 +21,20 @@ Not covered here: the checks (``test_nvm_tearing.py`` reopens the card in the pa
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from pathlib import Path
-from unittest import mock
 
 from iotid.apdu import ApduError
 from iotid.host.errors import AuthenticationError
 from iotid.host.securitydomain import SecurityDomainSession
 from iotid.scp03 import StaticKeys
-from iotid.se import Card, Nvm
+from iotid.se import Card
 from iotid.spec import gp
 from iotid.transport.loopback import LoopbackConnection
+
+# tests/ on the path for the shared harness (this file runs as a script).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.tearing import ChildArgs, report, tearing
 
 OLD_KVN = gp.TEST_KEY_VERSION  # 0x30
 NEW_KVN = 0x31
@@ -44,20 +45,6 @@ NEW_KEYS = StaticKeys(
     bytes(range(0x70, 0x80)),
 )
 KEY_SETS: dict[int, StaticKeys] = {OLD_KVN: StaticKeys.gp_test_keys(), NEW_KVN: NEW_KEYS}
-
-
-class _Tear:
-    """Counts write points; kills this process with SIGKILL at point number ``kill_at``."""
-
-    def __init__(self, kill_at: int) -> None:
-        self.kill_at = kill_at
-        self.labels: list[str] = []
-
-    def __call__(self, label: str) -> None:
-        # Not a function, so not bound: installed on the class, it is called with the label only.
-        self.labels.append(label)
-        if len(self.labels) == self.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _current_kvn(sd: SecurityDomainSession) -> int:
@@ -83,23 +70,18 @@ def _loop(sd: SecurityDomainSession) -> None:
 
 
 def main(argv: list[str]) -> int:
-    state_dir, kill_at, mode = Path(argv[1]), int(argv[2]), argv[3]
-    durable = "--volatile" not in argv[4:]
-    tear = _Tear(kill_at)
-    card = Card.open(state_dir, durable=durable)
-    with mock.patch.object(Nvm, "_write_point", tear):
+    args = ChildArgs.parse(argv)
+    card = Card.open(args.state, durable=args.durable)
+    with tearing(args.kill_at) as tear:
         sd = SecurityDomainSession(LoopbackConnection(card))
-        if mode == "loop":
+        if args.mode == "loop":
             _loop(sd)
         sd.authenticate(KEY_SETS[OLD_KVN], kvn=OLD_KVN)
-        if mode == "rotate":
+        if args.mode == "rotate":
             sd.put_key(NEW_KVN, NEW_KEYS, replace_kvn=OLD_KVN)
-        elif mode != "init-update":
-            raise SystemExit(f"unknown mode {mode!r}")
-    print(f"POINTS {len(tear.labels)}")
-    for i, label in enumerate(tear.labels, 1):
-        print(f"POINT {i} {label}")
-    print("DONE", flush=True)
+        elif args.mode != "init-update":
+            raise SystemExit(f"unknown mode {args.mode!r}")
+    report(tear)
     return 0
 
 

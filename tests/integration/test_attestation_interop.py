@@ -25,9 +25,8 @@ from typing import Any
 import cbor2
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -55,96 +54,36 @@ from iotid.spec import attestation as spec
 from iotid.spec.algorithms import KeyAlg
 from iotid.spec.identity import SHARED_FIRMWARE_FLOOR_RECORD
 from iotid.transport.loopback import LoopbackConnection
+from support.pki import Ca, PrivateKey, PublicKey, ca, new_key
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 UID = bytes.fromhex("0A0B0C0D0E0F10111213")
 NOW = dt.datetime.now(dt.UTC)
 
 
 # -- the test PKI ------------------------------------------------------------------------------
-def _new_key(alg: KeyAlg) -> PrivateKey:
-    if alg is KeyAlg.EC_P256:
-        return ec.generate_private_key(ec.SECP256R1())
-    if alg is KeyAlg.EC_P384:
-        return ec.generate_private_key(ec.SECP384R1())
-    return rsa.generate_private_key(public_exponent=65537, key_size=alg.size_bits)
-
-
-def _usage(*, ca: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not ca,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
 @dataclass
 class Pki:
     """root CA -> batch attestation CA; :meth:`certify` makes attestation certificates."""
 
     alg: KeyAlg
-    root_key: PrivateKey
-    root: x509.Certificate
-    batch_key: PrivateKey
-    batch: x509.Certificate
+    root_ca: Ca
+    batch_ca: Ca
 
     @classmethod
     def create(cls, alg: KeyAlg) -> Pki:
-        root_key, batch_key = _new_key(alg), _new_key(alg)
-        root = cls._issue(alg, root_key.public_key(), "iotid test root", None, root_key, 1)
-        batch = cls._issue(alg, batch_key.public_key(), "iotid batch 42", root, root_key, 0)
-        return cls(alg, root_key, root, batch_key, batch)
+        root = ca("iotid test root", new_key(alg), path_length=1, days=365)
+        return cls(alg, root, root.sub("iotid batch 42", new_key(alg), path_length=0, days=365))
 
-    @staticmethod
-    def _issue(
-        alg: KeyAlg,
-        public: PublicKey,
-        cn: str,
-        issuer: x509.Certificate | None,
-        issuer_key: PrivateKey,
-        path_length: int | None,
-        *,
-        ca: bool = True,
-        not_after: dt.datetime | None = None,
-    ) -> x509.Certificate:
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer.subject if issuer else subject)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - dt.timedelta(hours=1))
-            .not_valid_after(not_after or NOW + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
-            .add_extension(_usage(ca=ca), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                critical=False,
-            )
-        )
-        digest = hashes.SHA384() if alg is KeyAlg.EC_P384 else hashes.SHA256()
-        return builder.sign(issuer_key, digest)
+    @property
+    def root(self) -> x509.Certificate:
+        return self.root_ca.cert
+
+    @property
+    def batch(self) -> x509.Certificate:
+        return self.batch_ca.cert
 
     def certify(self, public: PublicKey, uid: bytes) -> x509.Certificate:
-        return self._issue(
-            self.alg,
-            public,
-            f"iotid attestation {uid.hex()}",
-            self.batch,
-            self.batch_key,
-            None,
-            ca=False,
-            not_after=NOW + dt.timedelta(days=30),
-        )
+        return self.batch_ca.issue(f"iotid attestation {uid.hex()}", public, days=30)
 
 
 def der(cert: x509.Certificate) -> bytes:
@@ -237,7 +176,7 @@ def make_device(alg: KeyAlg, identity_alg: KeyAlg) -> Device:
     cert = pki.certify(public, UID)
     # Phase 2: the certificate chain (each certificate spans several STORE DATA blocks).
     _isd(card).store_data(perso_dgis_certificates(der(cert), der(pki.batch)))
-    identity = _new_key(identity_alg)
+    identity = new_key(identity_alg)
     with card.nvm.transaction():
         IdentityStore(card.nvm, card.keys).provision(identity)
         card.nvm.put(SHARED_FIRMWARE_FLOOR_RECORD, (7).to_bytes(4, "big"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import shutil
@@ -16,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import CertificatePoliciesOID, NameOID
+from cryptography.x509.oid import CertificatePoliciesOID
 from typer.testing import CliRunner
 
 from iotid.cli.factory_ceremony import ceremony_app
@@ -35,6 +34,8 @@ from iotid.factory.keystore import LockedError, QuorumError, Tier, fingerprint
 from iotid.factory.shares import read_share_file
 from iotid.factory.x509sign import X509SignError, sign_certificate
 from iotid.spec.algorithms import KeyAlg
+from support import pki
+from support.pki import PublicKey
 
 CUSTODIANS = ["alice", "bob", "carol"]
 ACTIONS = [
@@ -65,6 +66,14 @@ def site(template: tuple[Path, ceremony.CeremonyResult], tmp_path: Path) -> Path
 
 def _shares(site: Path, *names: str) -> list[Path]:
     return [site / "shares" / f"{name}.share" for name in names]
+
+
+def _sub_ca(cn: str, root: x509.Certificate, root_public: PublicKey) -> x509.CertificateBuilder:
+    """A sub-CA certificate (path length 0, a new P-256 key) for the root key to sign."""
+    public = pki.new_key().public_key()
+    return pki.builder(
+        cn, public, issuer=root.subject, issuer_public=root_public, ca=True, path_length=0
+    )
 
 
 def _record_lines(site: Path) -> list[dict[str, Any]]:
@@ -194,23 +203,7 @@ def test_any_two_shares_sign_with_the_root_key(site: Path, pair: tuple[str, str]
     store = quorum_unlock(site, _shares(site, *pair))
     root = ceremony.root_certificate(site)
     signer = store.signer(ROOT_KEY)
-    sub_key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sub CA")]))
-        .issuer_name(root.subject)
-        .public_key(sub_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
-            critical=False,
-        )
-    )
-    sub = sign_certificate(builder, signer)
+    sub = sign_certificate(_sub_ca("sub CA", root, signer.public_key()), signer)
     sub.verify_directly_issued_by(root)
 
 
@@ -255,32 +248,7 @@ def test_removed_issuance_entry_is_noticed(site: Path) -> None:
 def _self_signed(
     key: ec.EllipticCurvePrivateKey, policies: x509.CertificatePolicies | None
 ) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "impostor root")])
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
+    builder = pki.builder("impostor root", key.public_key(), ca=True)
     if policies is not None:
         builder = builder.add_extension(policies, critical=False)
     return builder.sign(key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM)
@@ -503,18 +471,7 @@ def test_softhsm_ceremony_end_to_end(tmp_path: Path, softhsm_token: str) -> None
         signer = store.signer(ROOT_KEY)
         assert fingerprint(signer.public_key()) == result.root_key_fingerprint
         root = ceremony.root_certificate(directory)
-        now = dt.datetime.now(dt.UTC)
-        sub_key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hsm sub CA")]))
-            .issuer_name(root.subject)
-            .public_key(sub_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        )
+        builder = _sub_ca("hsm sub CA", root, signer.public_key())
         sign_certificate(builder, signer).verify_directly_issued_by(root)
     finally:
         store.lock()

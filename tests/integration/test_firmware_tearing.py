@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,18 +34,16 @@ from iotid.host.firmware import ConfirmRefusedError, FirmwareSession, Verdict, p
 from iotid.scp03 import StaticKeys
 from iotid.se import Card
 from iotid.se.applets.firmware import FirmwareApplet
-from iotid.se.nvm import IMAGE_NAME
 from iotid.spec import firmware as spec
 from iotid.spec.firmware import Reason
 from iotid.spec.identity import SHARED_FIRMWARE_FLOOR_RECORD
 from iotid.transport.loopback import LoopbackConnection
+from support.tearing import TMP_NAME, check_child, commit_points, run_child, write_points
 
 pytestmark = pytest.mark.slow
 
 CHILD = Path(__file__).resolve().with_name("firmware_tearing_child.py")
 UID = bytes.fromhex("F1F2F3F4F5F6F7F8F9FA")
-KILLED = -signal.SIGKILL
-TMP_NAME = Path(IMAGE_NAME).with_suffix(".tmp").name
 
 
 def _session(card: Card) -> FirmwareSession:
@@ -77,23 +72,9 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return state
 
 
-def _run_child(
-    state: Path, kill_at: int, mode: str, *, durable: bool
-) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, str(CHILD), str(state), str(kill_at), mode]
-    if not durable:
-        args.append("--volatile")
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
-
-
 def _write_points(state: Path, mode: str, *, durable: bool) -> tuple[list[str], str]:
-    proc = _run_child(state, 0, mode, durable=durable)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[-1] == "DONE"
-    count = int(lines[0].removeprefix("POINTS "))
-    labels = [line.split(" ", 2)[2] for line in lines[1 : 1 + count]]
-    return labels, lines[-2]
+    labels, (result,) = write_points(run_child(CHILD, state, 0, mode, durable=durable), results=1)
+    return labels, result
 
 
 def _reopen(state: Path, *, durable: bool) -> tuple[int, Verdict]:
@@ -108,14 +89,6 @@ def _reopen(state: Path, *, durable: bool) -> tuple[int, Verdict]:
     return st.floor, st.last_verdict
 
 
-def _check_died(proc: subprocess.CompletedProcess[str], kill_at: int, count: int) -> None:
-    if kill_at <= count:
-        assert proc.returncode == KILLED, f"point {kill_at}: rc {proc.returncode}\n{proc.stderr}"
-        assert "DONE" not in proc.stdout
-    else:
-        assert proc.returncode == 0, proc.stderr
-
-
 @pytest.mark.parametrize("durable", [True, False])
 def test_kill_at_every_write_point_of_confirm(
     pristine: Path, tmp_path: Path, durable: bool
@@ -125,14 +98,14 @@ def test_kill_at_every_write_point_of_confirm(
     )
     assert result == f"FLOOR {VALID_COUNTER}"
     assert f"put {SHARED_FIRMWARE_FLOOR_RECORD}" in labels
-    commit = max(i for i, label in enumerate(labels, 1) if label == "after rename")
+    commit = max(commit_points(labels))
     torn = 0
     for kill_at in range(1, len(labels) + 2):
         label = labels[kill_at - 1] if kill_at <= len(labels) else "never"
         where = f"killed at point {kill_at} ({label})"
         state = shutil.copytree(pristine, tmp_path / f"n{kill_at}")
-        proc = _run_child(state, kill_at, "confirm", durable=durable)
-        _check_died(proc, kill_at, len(labels))
+        proc = run_child(CHILD, state, kill_at, "confirm", durable=durable)
+        check_child(proc, kill_at, len(labels))
         torn += (state / TMP_NAME).exists()
         floor, last = _reopen(state, durable=durable)
         assert floor == (VALID_COUNTER if kill_at >= commit else OLD_FLOOR), where
@@ -156,14 +129,14 @@ def test_kill_at_every_write_point_of_finish(pristine: Path, tmp_path: Path) -> 
         shutil.copytree(pristine, tmp_path / "count"), "finish", durable=True
     )
     assert result == "VERDICT ok"
-    commit = max(i for i, label in enumerate(labels, 1) if label == "after rename")
+    commit = max(commit_points(labels))
     assert commit == len(labels), (
         "BEGIN and UPDATE must not write NVM: FINISH's commit is the only one"
     )
     for kill_at in range(1, len(labels) + 2):
         where = f"killed at point {kill_at}"
         state = shutil.copytree(pristine, tmp_path / f"n{kill_at}")
-        _check_died(_run_child(state, kill_at, "finish", durable=True), kill_at, len(labels))
+        check_child(run_child(CHILD, state, kill_at, "finish", durable=True), kill_at, len(labels))
         floor, last = _reopen(state, durable=True)
         assert floor == OLD_FLOOR, where
         expected = NEXT_COUNTER if kill_at >= commit else VALID_COUNTER

@@ -14,50 +14,33 @@ TLS handshakes (the tlslite-ng adapter's tests).
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from iotid.host.mtls import ChainRejectedError, MtlsSession, NoCredentialError, perso_dgis
+from iotid.host.mtls import ChainRejectedError, MtlsSession, NoCredentialError
 from iotid.host.protocol import SmartCardProtocol
-from iotid.host.securitydomain import SecurityDomainSession
-from iotid.scp03 import StaticKeys
 from iotid.se import Card
-from iotid.se.applets.mtls import MtlsApplet
 from iotid.se.identity import IdentityStore
-from iotid.se.keystore import PrivateKey
-from iotid.spec import mtls
 from iotid.spec.algorithms import KeyAlg
 from iotid.spec.iso7816 import SW
 from iotid.transport.loopback import LoopbackConnection
+from support.pki import ca, new_key, write_pem
+from support.tls import mtls_card
 
 UID = bytes.fromhex("A1B2C3D4E5F601020304")
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
 
 
-def generate(alg: KeyAlg) -> PrivateKey:
-    if alg.is_ec:
-        return ec.generate_private_key(ec.SECP256R1() if alg is KeyAlg.EC_P256 else ec.SECP384R1())
-    return rsa.generate_private_key(65537, alg.size_bits)
-
-
 def ready_card(alg: KeyAlg) -> tuple[Card, MtlsSession]:
-    card = Card.create(None, uid=UID, applets=[MtlsApplet])
-    sd = SecurityDomainSession(LoopbackConnection(card))
-    sd.authenticate(StaticKeys.gp_test_keys())
-    sd.install_for_personalization(mtls.AID)
-    sd.store_data(perso_dgis(alg=alg))
-    with card.nvm.transaction():
-        IdentityStore(card.nvm, card.keys).provision(generate(alg))
-    return card, MtlsSession(SmartCardProtocol(LoopbackConnection(card)))
+    return mtls_card(new_key(alg), uid=UID, alg=alg)
 
 
 def openssl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,75 +56,23 @@ def req_verified(path: Path, *extra: str) -> bool:
     return result.returncode == 0 and "verify OK" in said and "failure" not in said
 
 
-def write_pem(path: Path, obj: x509.Certificate | x509.CertificateSigningRequest) -> Path:
-    path.write_bytes(obj.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 class TestCa:
     """A root and an intermediate CA (P-384 root, P-256 intermediate)."""
 
     __test__ = False
 
     def __init__(self) -> None:
-        self.root_key = ec.generate_private_key(ec.SECP384R1())
-        self.root = self._cert("iotid test root", self.root_key.public_key(), None, ca=True)
-        self.mid_key = ec.generate_private_key(ec.SECP256R1())
-        self.mid = self._cert("iotid test issuing CA", self.mid_key.public_key(), "root", ca=True)
-
-    def _cert(
-        self, cn: str, public: ec.EllipticCurvePublicKey, issuer: str | None, *, ca: bool
-    ) -> x509.Certificate:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(self.root.subject if issuer else name)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-        )
-        return builder.sign(self.root_key, hashes.SHA384())
+        root = ca("iotid test root", new_key(KeyAlg.EC_P384))
+        self._mid = root.sub("iotid test issuing CA")
+        self.root, self.mid = root.cert, self._mid.cert
 
     def issue(self, csr: x509.CertificateSigningRequest) -> x509.Certificate:
         """A client certificate for the CSR's key, subject and SAN (as the fleet would)."""
         assert csr.is_signature_valid
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        now = datetime.datetime.now(datetime.UTC)
         public = csr.public_key()
         assert isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(csr.subject)
-            .issuer_name(self.mid.subject)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(san, critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-            )
-            .sign(self.mid_key, hashes.SHA256())
-        )
+        return self._mid.client(csr.subject, public, san=list(san))
 
 
 ALL_ALGS = [KeyAlg.EC_P256, KeyAlg.EC_P384, KeyAlg.RSA_2048, KeyAlg.RSA_3072]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,10 +29,10 @@ from iotid.apdu import ApduError, CommandApdu
 from iotid.host.errors import AuthenticationError
 from iotid.host.securitydomain import SecurityDomainSession
 from iotid.se import Card
-from iotid.se.nvm import IMAGE_NAME
 from iotid.spec import gp
 from iotid.spec.iso7816 import SELECT_BY_DF_NAME, Ins
 from iotid.transport.loopback import LoopbackConnection
+from support.tearing import KILLED, TMP_NAME, check_child, commit_points, run_child, write_points
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +40,6 @@ CHILD = Path(__file__).resolve().with_name("tearing_child.py")
 UID = bytes(10)
 #: INITIALIZE UPDATEs run on the pristine card, so its KVN 0x30 sequence counter is not zero.
 PRISTINE_SEQUENCE = 3
-KILLED = -signal.SIGKILL
-TMP_NAME = Path(IMAGE_NAME).with_suffix(".tmp").name
 SELECT_ISD = CommandApdu(0x00, Ins.SELECT, SELECT_BY_DF_NAME, 0x00, gp.ISD_AID, 256).encode()
 
 
@@ -71,39 +68,14 @@ def _copy(pristine: Path, dest: Path) -> Path:
     return dest
 
 
-def _run_child(
-    state: Path, kill_at: int, mode: str, *, durable: bool
-) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, str(CHILD), str(state), str(kill_at), mode]
-    if not durable:
-        args.append("--volatile")
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
-
-
 def _write_points(state: Path, mode: str, *, durable: bool) -> list[str]:
     """Run ``mode`` to completion (never killed) and return the labels of its write points."""
-    proc = _run_child(state, 0, mode, durable=durable)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[-1] == "DONE"
-    count = int(lines[0].removeprefix("POINTS "))
-    labels = [line.split(" ", 2)[2] for line in lines[1:-1]]
-    assert len(labels) == count
-    return labels
+    return write_points(run_child(CHILD, state, 0, mode, durable=durable))[0]
 
 
 def _commit_point(labels: list[str]) -> int:
     """1-based number of the write point after which the last commit is visible (the rename)."""
-    return max(i for i, label in enumerate(labels, 1) if label == "after rename")
-
-
-def _check_child_died(proc: subprocess.CompletedProcess[str], kill_at: int, count: int) -> None:
-    if kill_at <= count:
-        assert proc.returncode == KILLED, f"point {kill_at}: rc {proc.returncode}\n{proc.stderr}"
-        assert "DONE" not in proc.stdout
-    else:
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.splitlines()[-1] == "DONE"
+    return max(commit_points(labels))
 
 
 def _check_consistent(state: Path, *, durable: bool) -> CardState:
@@ -150,8 +122,8 @@ def test_kill_at_every_write_point_of_a_key_set_replacement(pristine: Path, tmp_
         label = labels[kill_at - 1] if kill_at <= len(labels) else "never"
         where = f"killed at point {kill_at} ({label})"
         state = _copy(pristine, tmp_path / f"n{kill_at}")
-        proc = _run_child(state, kill_at, "rotate", durable=True)
-        _check_child_died(proc, kill_at, len(labels))
+        proc = run_child(CHILD, state, kill_at, "rotate", durable=True)
+        check_child(proc, kill_at, len(labels))
         torn_images += (state / TMP_NAME).exists()
         found = _check_consistent(state, durable=True)
         if kill_at >= commit:
@@ -170,8 +142,8 @@ def test_kill_during_initialize_update_tears_the_counter(pristine: Path, tmp_pat
     commit = _commit_point(labels)
     for kill_at in range(1, len(labels) + 1):
         state = _copy(pristine, tmp_path / f"n{kill_at}")
-        proc = _run_child(state, kill_at, "init-update", durable=False)
-        _check_child_died(proc, kill_at, len(labels))
+        proc = run_child(CHILD, state, kill_at, "init-update", durable=False)
+        check_child(proc, kill_at, len(labels))
         found = _check_consistent(state, durable=False)
         expected = PRISTINE_SEQUENCE + 1 if kill_at >= commit else PRISTINE_SEQUENCE
         where = f"killed at point {kill_at} ({labels[kill_at - 1]})"

@@ -18,9 +18,6 @@ Not covered: random-instant kills and OS crashes (``test_nvm_tearing.py`` covers
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -40,15 +37,13 @@ from iotid.host.provisioning import (
 from iotid.scp03 import StaticKeys
 from iotid.se import Card
 from iotid.se.identity import ACTIVE_SLOT
-from iotid.se.nvm import IMAGE_NAME
 from iotid.spec import provisioning as spec
 from iotid.transport.loopback import LoopbackConnection
+from support.tearing import TMP_NAME, check_child, commit_points, run_child, write_points
 
 pytestmark = pytest.mark.slow
 
 CHILD = Path(__file__).resolve().with_name("provisioning_child.py")
-KILLED = -signal.SIGKILL
-TMP_NAME = Path(IMAGE_NAME).with_suffix(".tmp").name
 
 
 def _spki(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> bytes:
@@ -86,35 +81,16 @@ def provisioned(personalised: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return state
 
 
-def _run_child(state: Path, kill_at: int, mode: str) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, str(CHILD), str(state), str(kill_at), mode]
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
-
-
 def _write_points(pristine: Path, scratch: Path, mode: str) -> list[str]:
     shutil.copytree(pristine, scratch)
-    proc = _run_child(scratch, 0, mode)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[-1] == "DONE"
-    labels = [line.split(" ", 2)[2] for line in lines[1:-1]]
-    assert len(labels) == int(lines[0].removeprefix("POINTS "))
-    return labels
-
-
-def _commit_points(labels: list[str]) -> list[int]:
-    """1-based numbers of the write points after which a commit is visible (the renames)."""
-    return [i for i, label in enumerate(labels, 1) if label == "after rename"]
+    return write_points(run_child(CHILD, scratch, 0, mode))[0]
 
 
 def _kill(pristine: Path, dest: Path, kill_at: int, mode: str, count: int) -> Card:
     """Copy the pristine card, run the child killed at ``kill_at``, reopen the card."""
     shutil.copytree(pristine, dest)
-    proc = _run_child(dest, kill_at, mode)
-    assert proc.returncode == KILLED, (
-        f"point {kill_at}/{count}: rc {proc.returncode}\n{proc.stderr}"
-    )
-    assert "DONE" not in proc.stdout
+    assert kill_at <= count  # so check_child expects the kill
+    check_child(run_child(CHILD, dest, kill_at, mode), kill_at, count)
     card = Card.open(dest, applets=APPLETS)
     assert not (dest / TMP_NAME).exists(), "a torn temporary image must be removed on open"
     # The flag and the key slot go together.
@@ -135,7 +111,7 @@ def test_kill_at_every_write_point_of_provision(personalised: Path, tmp_path: Pa
     labels = _write_points(personalised, tmp_path / "count", "provision")
     # key slot, epoch and flag, then the commit's image writes.
     assert {"put key/identity.active", "put id/epoch", "put id/provisioned"} <= set(labels)
-    (commit,) = _commit_points(labels)
+    (commit,) = commit_points(labels)
     outcomes = set()
     for kill_at in range(1, len(labels) + 1):
         where = f"killed at point {kill_at} ({labels[kill_at - 1]})"
@@ -161,7 +137,7 @@ def test_kill_at_every_write_point_of_provision(personalised: Path, tmp_path: Pa
 def test_kill_at_every_write_point_of_rekey(provisioned: Path, tmp_path: Path) -> None:
     labels = _write_points(provisioned, tmp_path / "count", "rekey")
     assert {"delete key/identity.active", "delete id/provisioned"} <= set(labels)
-    challenge_commit, rekey_commit = _commit_points(labels)
+    challenge_commit, rekey_commit = commit_points(labels)
     outcomes = set()
     for kill_at in range(1, len(labels) + 1):
         where = f"killed at point {kill_at} ({labels[kill_at - 1]})"

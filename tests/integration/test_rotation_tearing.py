@@ -20,9 +20,6 @@ fast), random-instant kills (``test_nvm_tearing.py`` covers the NVM itself).
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,16 +36,14 @@ from iotid.se import Card
 from iotid.se.applets.rotation import RotationApplet
 from iotid.se.identity import ACTIVE_SLOT, PENDING_SLOT, IdentityStore
 from iotid.se.keystore import PublicKey
-from iotid.se.nvm import IMAGE_NAME
 from iotid.spec import rotation as spec
 from iotid.transport.loopback import LoopbackConnection
+from support.tearing import TMP_NAME, check_child, commit_points, run_child, write_points
 
 pytestmark = pytest.mark.slow
 
 CHILD = Path(__file__).resolve().with_name("rotation_tearing_child.py")
 UID = bytes.fromhex("11223344556677889900")
-KILLED = -signal.SIGKILL
-TMP_NAME = Path(IMAGE_NAME).with_suffix(".tmp").name
 SECRET = b"encrypted to the epoch-2 key before the rotation"
 
 
@@ -112,19 +107,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(rotate_base, commit_base, authority, proof2.public_key_der, proof3, blob)
 
 
-def _run(state: Path, kill_at: int, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(CHILD), str(state), str(kill_at), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-
-
 def _labels(scratch: Path, *args: str) -> list[str]:
-    proc = _run(scratch, 0, *args)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[-1] == "DONE"
-    labels = [line.split(" ", 2)[2] for line in lines[1:-1]]
-    assert len(labels) == int(lines[0].removeprefix("POINTS "))
-    return labels
+    return write_points(run_child(CHILD, scratch, 0, *args))[0]
 
 
 def _check_one_active_key(card: Card, expected_spki: bytes) -> None:
@@ -143,15 +127,7 @@ def _check_one_active_key(card: Card, expected_spki: bytes) -> None:
 
 def _kill_points(labels: list[str]) -> tuple[int, range]:
     """(the write point after which the command's commit is visible, every point to try)."""
-    commit = max(i for i, label in enumerate(labels, 1) if label == "after rename")
-    return commit, range(1, len(labels) + 2)  # + 1: never killed
-
-
-def _check_child(proc: subprocess.CompletedProcess[str], kill_at: int, count: int) -> None:
-    if kill_at <= count:
-        assert proc.returncode == KILLED, f"point {kill_at}: rc {proc.returncode}\n{proc.stderr}"
-    else:
-        assert proc.returncode == 0, proc.stderr
+    return max(commit_points(labels)), range(1, len(labels) + 2)  # + 1: never killed
 
 
 def test_kill_at_every_write_point_of_rotate(world: World, tmp_path: Path) -> None:
@@ -163,7 +139,7 @@ def test_kill_at_every_write_point_of_rotate(world: World, tmp_path: Path) -> No
     for kill_at in points:
         where = f"killed at point {kill_at} ({[*labels, 'never'][kill_at - 1]})"
         state = shutil.copytree(world.rotate_base, tmp_path / f"r{kill_at}")
-        _check_child(_run(state, kill_at, "rotate"), kill_at, len(labels))
+        check_child(run_child(CHILD, state, kill_at, "rotate"), kill_at, len(labels))
         torn += (state / TMP_NAME).exists()
         card = _open(state)
         assert not (state / TMP_NAME).exists()
@@ -193,7 +169,7 @@ def test_kill_at_every_write_point_of_commit(world: World, tmp_path: Path) -> No
     for kill_at in points:
         where = f"killed at point {kill_at} ({[*labels, 'never'][kill_at - 1]})"
         state = shutil.copytree(world.commit_base, tmp_path / f"c{kill_at}")
-        _check_child(_run(state, kill_at, "commit", ack.hex()), kill_at, len(labels))
+        check_child(run_child(CHILD, state, kill_at, "commit", ack.hex()), kill_at, len(labels))
         torn += (state / TMP_NAME).exists()
         card = _open(state)
         s = _session(card)

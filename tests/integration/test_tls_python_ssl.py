@@ -10,34 +10,25 @@ argument checks, and the optional ``cryptography`` backend for AES-GCM and X2551
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from tlslite import keyexchange, recordlayer  # type: ignore[import-untyped]
 
-from iotid.host.mtls import MtlsSession, SchemeNotAllowedError, perso_dgis
-from iotid.host.protocol import SmartCardProtocol
-from iotid.host.securitydomain import SecurityDomainSession
+from iotid.host.mtls import SchemeNotAllowedError
 from iotid.host.tls import (
-    DigestSigner,
     SeEcdsaKey,
     SeRsaKey,
-    TlsClient,
     TlsError,
     TlsHandshakeError,
     TlsVerificationError,
@@ -45,218 +36,28 @@ from iotid.host.tls import (
     enable_cryptography_backend,
     tls_key,
 )
-from iotid.scp03 import StaticKeys
-from iotid.se import Card
-from iotid.se.applets.mtls import MtlsApplet
-from iotid.se.identity import IdentityStore
-from iotid.spec import mtls
-from iotid.transport.loopback import LoopbackConnection
+from iotid.spec.algorithms import KeyAlg
+from support.tls import (
+    EXPECTED,
+    KEYS,
+    VERSIONS,
+    Recording,
+    SoftwareSigner,
+    TlsPki,
+    card_signer,
+    line_echo,
+)
 
 pytestmark = pytest.mark.slow
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-_HASHES = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384()}
 TIMEOUT = 20.0
 
 
-# -- test PKI -----------------------------------------------------------------------------------
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def issue(
-    cn: str,
-    public: PublicKey,
-    issuer: x509.Name,
-    issuer_key: PrivateKey,
-    *,
-    ca: bool = False,
-    san: list[x509.GeneralName] | None = None,
-    eku: list[x509.ObjectIdentifier] | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    )
-    usage = dict.fromkeys(
-        (
-            "content_commitment",
-            "key_encipherment",
-            "data_encipherment",
-            "key_agreement",
-            "encipher_only",
-            "decipher_only",
-        ),
-        False,
-    )
-    b = b.add_extension(
-        x509.KeyUsage(digital_signature=True, key_cert_sign=ca, crl_sign=ca, **usage),
-        critical=True,
-    )
-    if eku:
-        b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-    if san:
-        b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def write_pem(path: Path, item: x509.Certificate | PrivateKey) -> Path:
-    if isinstance(item, x509.Certificate):
-        path.write_bytes(item.public_bytes(serialization.Encoding.PEM))
-    else:
-        path.write_bytes(
-            item.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return path
-
-
-@dataclass
-class Authority:
-    key: PrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def make(cls, cn: str) -> Authority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        return cls(key, issue(cn, key.public_key(), _name(cn), key, ca=True))
-
-    def server(self, curve: ec.EllipticCurve | None = None) -> tuple[x509.Certificate, PrivateKey]:
-        key = ec.generate_private_key(curve or ec.SECP256R1())
-        san: list[x509.GeneralName] = [
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]
-        cert = issue(
-            "localhost",
-            key.public_key(),
-            self.cert.subject,
-            self.key,
-            san=san,
-            eku=[ExtendedKeyUsageOID.SERVER_AUTH],
-        )
-        return cert, key
-
-    def client(self, cn: str, public: PublicKey) -> x509.Certificate:
-        eku = [ExtendedKeyUsageOID.CLIENT_AUTH]
-        return issue(cn, public, self.cert.subject, self.key, eku=eku)
-
-
-# -- signers ------------------------------------------------------------------------------------
-class SoftwareSigner:
-    """DigestSigner over a cryptography private key (stand-in for the SE)."""
-
-    def __init__(self, key: PrivateKey) -> None:
-        self._key = key
-
-    def public_key(self) -> PublicKey:
-        return self._key.public_key()
-
-    def sign_digest(self, digest: bytes, hash_name: str, scheme: str) -> bytes:
-        algo = _HASHES[hash_name]
-        if isinstance(self._key, ec.EllipticCurvePrivateKey):
-            assert scheme == "ecdsa"
-            return self._key.sign(digest, ec.ECDSA(Prehashed(algo)))
-        pad: padding.AsymmetricPadding = (
-            padding.PSS(padding.MGF1(algo), algo.digest_size)
-            if scheme == "pss"
-            else padding.PKCS1v15()
-        )
-        return self._key.sign(digest, pad, Prehashed(algo))
-
-
-@dataclass
-class Recording:
-    """Wraps a signer; remembers (hash_name, scheme) of every signature it made."""
-
-    inner: DigestSigner
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    def public_key(self) -> PublicKey:
-        return self.inner.public_key()
-
-    def sign_digest(self, digest: bytes, hash_name: str, scheme: str) -> bytes:
-        self.calls.append((hash_name, scheme))
-        return self.inner.sign_digest(digest, hash_name, scheme)
-
-
-def card_signer(
-    key: PrivateKey, client_cert: x509.Certificate, schemes: set[str] | None = None
-) -> MtlsSession:
-    """A card with the mTLS applet personalised (``schemes`` allowed), ``key`` as its identity
-    key and the client certificate stored; the session reaches it over the loopback."""
-    card = Card.create(None, uid=bytes(range(10)), applets=[MtlsApplet])
-    sd = SecurityDomainSession(LoopbackConnection(card))
-    sd.authenticate(StaticKeys.gp_test_keys())
-    sd.install_for_personalization(mtls.AID)
-    sd.store_data(perso_dgis(schemes))
-    with card.nvm.transaction():
-        IdentityStore(card.nvm, card.keys).provision(key)
-    session = MtlsSession(SmartCardProtocol(LoopbackConnection(card)))
-    session.install_chain([client_cert])
-    return session
-
-
-KEYS: dict[str, Callable[[], PrivateKey]] = {
-    "p256": lambda: ec.generate_private_key(ec.SECP256R1()),
-    "p384": lambda: ec.generate_private_key(ec.SECP384R1()),
-    "rsa2048": lambda: rsa.generate_private_key(65537, 2048),
-}
-EXPECTED = {"p256": ("sha256", "ecdsa"), "p384": ("sha384", "ecdsa"), "rsa2048": ("sha256", "pss")}
-VERSIONS = ["TLS1.3", "TLS1.2"]
-
-
-@dataclass
-class Pki:
-    dir: Path
-    ca: Authority
-    rogue: Authority
-    keys: dict[str, PrivateKey]
-    client_certs: dict[str, x509.Certificate]
-
-
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("tls-python-ssl")
-    ca, rogue = Authority.make("iotid test fleet CA"), Authority.make("rogue CA")
-    write_pem(d / "ca.pem", ca.cert)
-    servers = (
-        ("server", ca, None),
-        ("rogue-server", rogue, None),
-        ("server-p384", ca, ec.SECP384R1()),
-    )
-    for name, authority, curve in servers:
-        cert, key = authority.server(curve)
-        write_pem(d / f"{name}.pem", cert)
-        write_pem(d / f"{name}.key", key)
-    keys = {name: make() for name, make in KEYS.items()}
-    certs = {name: ca.client(f"device-{name}", k.public_key()) for name, k in keys.items()}
-    return Pki(d, ca, rogue, keys, certs)
-
-
-def signer_for(pki: Pki, alg: str, kind: str) -> tuple[DigestSigner, list[x509.Certificate]]:
-    """The signer and the client chain: from the test PKI, or as the card stores it."""
-    key, cert = pki.keys[alg], pki.client_certs[alg]
-    if kind == "software":
-        return SoftwareSigner(key), [cert]
-    session = card_signer(key, cert)
-    return session, session.chain()
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsPki:
+    pki = TlsPki.create(tmp_path_factory.mktemp("tls-python-ssl"))
+    pki.write_server("server-p384", pki.ca, KeyAlg.EC_P384)
+    return pki
 
 
 # -- the Python ssl server ----------------------------------------------------------------------
@@ -283,7 +84,7 @@ class Server:
 
 @contextmanager
 def ssl_server(
-    pki: Pki, version: str, handler: Handler = echo_reversed, cert: str = "server"
+    pki: TlsPki, version: str, handler: Handler = echo_reversed, cert: str = "server"
 ) -> Iterator[Server]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(pki.dir / f"{cert}.pem", pki.dir / f"{cert}.key")
@@ -317,23 +118,12 @@ def ssl_server(
     assert not thread.is_alive(), "the server thread did not finish"
 
 
-def line_echo(client: TlsClient, text: bytes) -> bytes:
-    client.sendall(text + b"\n")
-    got = b""
-    while not got.endswith(b"\n"):
-        chunk = client.recv(4096)
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
 # -- tests --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["software", "card"])
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("alg", list(KEYS))
-def test_mutual_tls_with_python_ssl_server(pki: Pki, alg: str, version: str, kind: str) -> None:
-    inner, chain = signer_for(pki, alg, kind)
+def test_mutual_tls_with_python_ssl_server(pki: TlsPki, alg: str, version: str, kind: str) -> None:
+    inner, chain = pki.signer_for(alg, kind)
     signer = Recording(inner)
     with ssl_server(pki, version) as server:
         client = connect(
@@ -352,7 +142,7 @@ def test_mutual_tls_with_python_ssl_server(pki: Pki, alg: str, version: str, kin
     assert signer.calls == [EXPECTED[alg]]
 
 
-def test_http_client_runs_over_the_tls_client(pki: Pki) -> None:
+def test_http_client_runs_over_the_tls_client(pki: TlsPki) -> None:
     def http_handler(tls: ssl.SSLSocket, result: dict[str, Any]) -> None:
         request = b""
         while b"\r\n\r\n" not in request:
@@ -366,7 +156,7 @@ def test_http_client_runs_over_the_tls_client(pki: Pki) -> None:
         tls.sendall(head.encode() + body)
         tls.unwrap()
 
-    inner, chain = signer_for(pki, "p256", "card")
+    inner, chain = pki.signer_for("p256", "card")
     with ssl_server(pki, "TLS1.3", http_handler) as server:
         client = connect("127.0.0.1", server.port, inner, chain, [pki.ca.cert])
         web = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
@@ -381,7 +171,7 @@ def test_http_client_runs_over_the_tls_client(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_foreign_server_certificate_fails_closed_before_any_data(pki: Pki, version: str) -> None:
+def test_foreign_server_certificate_fails_closed_before_any_data(pki: TlsPki, version: str) -> None:
     def expect_nothing(tls: ssl.SSLSocket, result: dict[str, Any]) -> None:
         try:
             result["data"] = tls.recv(4096)
@@ -403,7 +193,7 @@ def test_foreign_server_certificate_fails_closed_before_any_data(pki: Pki, versi
     assert server.result.get("data", b"") == b""  # the server never received application data
 
 
-def test_bad_signature_from_the_signer_aborts_the_handshake(pki: Pki) -> None:
+def test_bad_signature_from_the_signer_aborts_the_handshake(pki: TlsPki) -> None:
     class Forger(SoftwareSigner):
         def sign_digest(self, digest: bytes, hash_name: str, scheme: str) -> bytes:
             return super().sign_digest(bytes(len(digest)), hash_name, scheme)
@@ -420,7 +210,7 @@ def test_bad_signature_from_the_signer_aborts_the_handshake(pki: Pki) -> None:
     assert "data" not in server.result
 
 
-def test_card_refusing_the_scheme_becomes_a_handshake_error(pki: Pki) -> None:
+def test_card_refusing_the_scheme_becomes_a_handshake_error(pki: TlsPki) -> None:
     """A card personalised for PKCS#1 v1.5 only cannot sign TLS 1.3 (RSA-PSS only): 6A86."""
     key, cert = pki.keys["rsa2048"], pki.client_certs["rsa2048"]
     session = card_signer(key, cert, schemes={"rsa-pkcs1-sha256"})
@@ -430,7 +220,7 @@ def test_card_refusing_the_scheme_becomes_a_handshake_error(pki: Pki) -> None:
     assert "data" not in server.result
 
 
-def test_truncated_stream_is_an_error_not_an_eof(pki: Pki) -> None:
+def test_truncated_stream_is_an_error_not_an_eof(pki: TlsPki) -> None:
     def cut(tls: ssl.SSLSocket, result: dict[str, Any]) -> None:
         tls.sendall(b"partial")
         tls.shutdown(socket.SHUT_RDWR)  # TCP shutdown without a close_notify alert
@@ -449,7 +239,7 @@ def test_truncated_stream_is_an_error_not_an_eof(pki: Pki) -> None:
     assert server.result["subject"] == {"commonName": "device-p256"}
 
 
-def test_argument_errors_are_raised_before_connecting(pki: Pki) -> None:
+def test_argument_errors_are_raised_before_connecting(pki: TlsPki) -> None:
     signer = SoftwareSigner(pki.keys["p256"])
     cert, ca = pki.client_certs["p256"], [pki.ca.cert]
     port = 9  # nothing is ever sent: each check fails first
@@ -465,14 +255,14 @@ def test_argument_errors_are_raised_before_connecting(pki: Pki) -> None:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_cryptography_backend_for_aes_gcm_and_x25519(
-    pki: Pki, version: str, monkeypatch: pytest.MonkeyPatch
+    pki: TlsPki, version: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # monkeypatch restores tlslite's own functions after the test
     monkeypatch.setattr(recordlayer, "createAESGCM", recordlayer.createAESGCM)
     monkeypatch.setattr(keyexchange, "x25519", keyexchange.x25519)
     enable_cryptography_backend()
     enable_cryptography_backend()  # idempotent
-    inner, chain = signer_for(pki, "p384", "card")
+    inner, chain = pki.signer_for("p384", "card")
     with ssl_server(pki, version) as server:
         client = connect("127.0.0.1", server.port, inner, chain, [pki.ca.cert], versions=(version,))
         assert client.cipher_implementation == "cryptography"
@@ -483,10 +273,10 @@ def test_cryptography_backend_for_aes_gcm_and_x25519(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_p256_client_with_a_p384_server(pki: Pki, version: str) -> None:
+def test_p256_client_with_a_p384_server(pki: TlsPki, version: str) -> None:
     """The curve's hash comes first in the offered list (the TLS 1.2 CertificateVerify picks it)
     but is not the only one: a P-384 server must sign with SHA-384 in TLS 1.3."""
-    inner, chain = signer_for(pki, "p256", "card")
+    inner, chain = pki.signer_for("p256", "card")
     signer = Recording(inner)
     with ssl_server(pki, version, cert="server-p384") as server:
         client = connect(
@@ -499,7 +289,7 @@ def test_p256_client_with_a_p384_server(pki: Pki, version: str) -> None:
     assert server.result["subject"] == {"commonName": "device-p256"}
 
 
-def test_adapter_refuses_what_the_se_does_not_sign(pki: Pki) -> None:
+def test_adapter_refuses_what_the_se_does_not_sign(pki: TlsPki) -> None:
     """No network: the key objects as tlslite calls them, for inputs outside the SE's schemes."""
     rsa_key = tls_key(Recording(SoftwareSigner(pki.keys["rsa2048"])))
     ec_key = tls_key(Recording(SoftwareSigner(pki.keys["p256"])))

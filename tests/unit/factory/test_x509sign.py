@@ -11,15 +11,15 @@ import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 from iotid.factory import x509sign
 from iotid.factory.keystore import PublicKey
 from iotid.factory.x509sign import X509SignError, sign_certificate, sign_crl
 from iotid.spec.algorithms import KeyAlg
+from support.pki import PrivateKey, new_key, write_pem
+from support.pki import builder as cert_builder
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
@@ -49,57 +49,17 @@ class KeySigner:
         return self._key.sign(data, padding.PKCS1v15(), h)
 
 
-def _key(alg: KeyAlg) -> PrivateKey:
-    if alg is KeyAlg.EC_P256:
-        return ec.generate_private_key(ec.SECP256R1())
-    if alg is KeyAlg.EC_P384:
-        return ec.generate_private_key(ec.SECP384R1())
-    return rsa.generate_private_key(public_exponent=65537, key_size=alg.size_bits)
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 def _builder(
     subject: str, subject_key: PublicKey, issuer: str, issuer_key: PublicKey, *, ca: bool
 ) -> x509.CertificateBuilder:
-    usage = x509.KeyUsage(
-        digital_signature=not ca,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
+    return cert_builder(
+        subject, subject_key, issuer=issuer, issuer_public=issuer_key, ca=ca, days=30
     )
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer))
-        .public_key(subject_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(minutes=5))
-        .not_valid_after(NOW + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key), critical=False
-        )
-    )
-
-
-def _pem(cert: x509.Certificate, path: Path) -> Path:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 @pytest.mark.parametrize("alg", [KeyAlg.EC_P256, KeyAlg.EC_P384, KeyAlg.RSA_2048])
 def test_self_signed_matches_builder_structure(alg: KeyAlg) -> None:
-    key = _key(alg)
+    key = new_key(alg)
     signer = KeySigner(key, alg)
     builder = _builder("root", key.public_key(), "root", key.public_key(), ca=True)
 
@@ -121,9 +81,9 @@ def test_self_signed_matches_builder_structure(alg: KeyAlg) -> None:
 
 def test_chain_verifies_with_cryptography_and_openssl(tmp_path: Path) -> None:
     root_key, inter_key, leaf_key = (
-        _key(KeyAlg.EC_P384),
-        _key(KeyAlg.RSA_2048),
-        _key(KeyAlg.EC_P256),
+        new_key(KeyAlg.EC_P384),
+        new_key(KeyAlg.RSA_2048),
+        new_key(KeyAlg.EC_P256),
     )
     root = sign_certificate(
         _builder("root", root_key.public_key(), "root", root_key.public_key(), ca=True),
@@ -147,10 +107,10 @@ def test_chain_verifies_with_cryptography_and_openssl(tmp_path: Path) -> None:
             "verify",
             "-x509_strict",
             "-CAfile",
-            str(_pem(root, tmp_path / "root.pem")),
+            str(write_pem(tmp_path / "root.pem", root)),
             "-untrusted",
-            str(_pem(inter, tmp_path / "inter.pem")),
-            str(_pem(leaf, tmp_path / "leaf.pem")),
+            str(write_pem(tmp_path / "inter.pem", inter)),
+            str(write_pem(tmp_path / "leaf.pem", leaf)),
         ],
         capture_output=True,
         text=True,
@@ -161,7 +121,7 @@ def test_chain_verifies_with_cryptography_and_openssl(tmp_path: Path) -> None:
 
 
 def test_openssl_rejects_a_tampered_certificate(tmp_path: Path) -> None:
-    key = _key(KeyAlg.EC_P256)
+    key = new_key(KeyAlg.EC_P256)
     root = sign_certificate(
         _builder("root", key.public_key(), "root", key.public_key(), ca=True),
         KeySigner(key, KeyAlg.EC_P256),
@@ -183,7 +143,7 @@ def test_openssl_rejects_a_tampered_certificate(tmp_path: Path) -> None:
 
 
 def test_crl_signed_through_signer(tmp_path: Path) -> None:
-    key = _key(KeyAlg.EC_P384)
+    key = new_key(KeyAlg.EC_P384)
     signer = KeySigner(key, KeyAlg.EC_P384)
     root = sign_certificate(
         _builder("root", key.public_key(), "root", key.public_key(), ca=True), signer
@@ -220,7 +180,7 @@ def test_crl_signed_through_signer(tmp_path: Path) -> None:
             "-in",
             str(tmp_path / "crl.pem"),
             "-CAfile",
-            str(_pem(root, tmp_path / "root.pem")),
+            str(write_pem(tmp_path / "root.pem", root)),
         ],
         capture_output=True,
         text=True,
@@ -231,14 +191,14 @@ def test_crl_signed_through_signer(tmp_path: Path) -> None:
 
 
 def test_signer_with_wrong_hash_is_caught() -> None:
-    key = _key(KeyAlg.EC_P256)
+    key = new_key(KeyAlg.EC_P256)
     builder = _builder("root", key.public_key(), "root", key.public_key(), ca=True)
     with pytest.raises(X509SignError, match="does not verify"):
         sign_certificate(builder, KeySigner(key, KeyAlg.EC_P256, wrong_hash=True))
 
 
 def test_signer_with_another_key_is_caught() -> None:
-    key, other = _key(KeyAlg.EC_P256), _key(KeyAlg.EC_P256)
+    key, other = new_key(KeyAlg.EC_P256), new_key(KeyAlg.EC_P256)
 
     class Liar(KeySigner):
         def public_key(self) -> PublicKey:
@@ -250,14 +210,14 @@ def test_signer_with_another_key_is_caught() -> None:
 
 
 def test_aki_must_name_the_signer() -> None:
-    key, other = _key(KeyAlg.EC_P256), _key(KeyAlg.EC_P256)
+    key, other = new_key(KeyAlg.EC_P256), new_key(KeyAlg.EC_P256)
     builder = _builder("leaf", key.public_key(), "root", other.public_key(), ca=False)
     with pytest.raises(X509SignError, match="AuthorityKeyIdentifier"):
         sign_certificate(builder, KeySigner(key, KeyAlg.EC_P256))
 
 
 def test_aes_key_cannot_sign() -> None:
-    key = _key(KeyAlg.EC_P256)
+    key = new_key(KeyAlg.EC_P256)
     builder = _builder("root", key.public_key(), "root", key.public_key(), ca=True)
     with pytest.raises(X509SignError, match="cannot sign"):
         sign_certificate(builder, KeySigner(key, KeyAlg.AES_128))

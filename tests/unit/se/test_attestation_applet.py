@@ -10,14 +10,11 @@ to the root (tests/integration/test_attestation_interop.py), COSE known answers
 
 from __future__ import annotations
 
-import datetime as dt
-
 import cbor2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from iotid.apdu import ApduError
 from iotid.crypto import cose
@@ -42,19 +39,14 @@ from iotid.spec.attestation import Claim, Dgi, Ins
 from iotid.spec.identity import APP_PERSONALISED, CLA_IOTID, SHARED_FIRMWARE_FLOOR_RECORD
 from iotid.spec.iso7816 import SW
 from iotid.transport.loopback import LoopbackConnection
+from support.pki import PrivateKey, builder
 
 UID = bytes.fromhex("A1A2A3A4A5A6A7A8A9AA")
 NONCE = bytes(range(16))
-NOW = dt.datetime.now(dt.UTC)
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 Snapshot = dict[str, bytes | None]
 
 
 # -- a small PKI: root -> batch attestation CA -> attestation certificate ----------------------
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 def make_cert(
     public: cose.PublicKey,
     subject: str,
@@ -65,29 +57,18 @@ def make_cert(
     digital_signature: bool | None = None,
     cert_sign: bool | None = None,
 ) -> x509.Certificate:
-    usage = x509.KeyUsage(
-        digital_signature=(not ca) if digital_signature is None else digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca if cert_sign is None else cert_sign,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
+    unsigned = builder(
+        subject,
+        public,
+        issuer=issuer,
+        ca=ca,
+        path_length=0 if ca else None,
+        digital_signature=digital_signature,
+        cert_sign=cert_sign,
+        days=30,
+        key_ids=False,
     )
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer))
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(minutes=5))
-        .not_valid_after(NOW + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
-        .add_extension(usage, critical=True)
-        .sign(issuer_key, hashes.SHA256())
-    )
+    return unsigned.sign(issuer_key, hashes.SHA256())
 
 
 ROOT_KEY = ec.generate_private_key(ec.SECP256R1())
