@@ -40,8 +40,8 @@ def demo(
     """Run what iotid has built so far, end to end, and report."""
     console.print(
         "[bold]iotid demo[/bold] — built so far: the factory (ceremony, batch, personalisation "
-        "line), the secure element and its five applets, and the device side (host shim, mTLS, "
-        "bootloader API)."
+        "line), the secure element and its five applets, the device side (host shim, mTLS, "
+        "bootloader API) and the fleet's quote verifier."
     )
     with tempfile.TemporaryDirectory(prefix="iotid-demo-") as tmp:
         base = directory or Path(tmp)

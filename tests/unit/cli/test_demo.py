@@ -16,6 +16,7 @@ def test_demo_report(tmp_path: Path) -> None:
     assert len(report.steps) == TOTAL_STEPS
     names = [s.name for s in report.steps]
     assert "GP test keys refused" in names and "restart from NVM" in names
+    assert "attestation quote (fleet verifier)" in names
     assert "mutual TLS 1.3, key in the SE" in names and "key rotation" in names
     assert "key ceremony (2-of-3 quorum)" in names and "personalisation line over SCP03" in names
     assert report.apdus_per_second > 0
