@@ -3,7 +3,7 @@
 Scope: one exception hierarchy for every fleet slice. A :class:`DomainError` has an HTTP
 ``status``, a stable machine-readable ``code`` (lower-case dotted words, e.g.
 ``device.wrong_state``: clients and tests match on it, so it never changes once published) and a
-human ``message``. One handler in the API renders them (``{"code": ..., "message": ...}`` with the
+human ``message``. One handler in the API renders them (``{"error": code, "message": ...}`` with the
 status); services never build HTTP responses themselves (DESIGN.md section 3, Polar/Warehouse).
 
 Messages are public: they name the check that failed and the public identifiers involved (UID,

@@ -36,7 +36,16 @@ from iotid.spec.algorithms import KeyAlg
 
 S = DeviceState
 ACTOR = "token:test"
-TABLES = {"alembic_version", "audit_log", "batches", "certificates", "devices", "nonces"}
+TABLES = {
+    "alembic_version",
+    "api_tokens",
+    "audit_log",
+    "batches",
+    "certificates",
+    "devices",
+    "nonces",
+}
+HEAD = "0002"
 
 
 def _service(db: Database, manifests: Any) -> DeviceService:
@@ -69,14 +78,14 @@ def test_migrations_apply_from_empty(empty_fleet_db: Database) -> None:
     db = empty_fleet_db
     assert db.current_revision() is None
     db.upgrade()
-    assert db.current_revision() == "0001"
+    assert db.current_revision() == HEAD
     with db.engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) == TABLES
         # The migration creates exactly what the models describe.
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
     db.upgrade()  # idempotent
-    assert db.current_revision() == "0001"
+    assert db.current_revision() == HEAD
 
 
 def test_alembic_command_line_path(fleet_db_url: Any) -> None:
@@ -84,11 +93,11 @@ def test_alembic_command_line_path(fleet_db_url: Any) -> None:
     command.upgrade(alembic_config(url=fleet_db_url), "head")
     db = Database(fleet_db_url)
     try:
-        assert db.current_revision() == "0001"
+        assert db.current_revision() == HEAD
         command.downgrade(alembic_config(url=fleet_db_url), "base")
         assert db.current_revision() is None
         upgrade(fleet_db_url)  # the module-level helper
-        assert db.current_revision() == "0001"
+        assert db.current_revision() == HEAD
     finally:
         db.dispose()
 

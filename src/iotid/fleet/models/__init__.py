@@ -25,9 +25,12 @@ from iotid.fleet.models.registry import (
     Device,
     DeviceState,
 )
+from iotid.fleet.models.token import ApiToken, Role
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "ApiToken",
+    "Role",
     "GENESIS_PREV",
     "AuditChainError",
     "AuditEntry",
