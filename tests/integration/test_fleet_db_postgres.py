@@ -9,8 +9,6 @@ Skipped only when the server is unreachable (the reason is printed in the ``-ra`
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import os
 import secrets
 import threading
@@ -22,20 +20,14 @@ from typing import TypeVar
 import psycopg
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlalchemy import select, text
 from sqlalchemy.engine import URL, make_url
 
-from iotid.crypto.identity_kdf import derive_identity_key
-from iotid.factory.manifest import build_manifest
 from iotid.fleet.db import Database
 from iotid.fleet.devices import DeviceService, DeviceView, ImportResult, transition_device
 from iotid.fleet.errors import Conflict, DomainError
 from iotid.fleet.models import AuditEntry, AuditLog, DeviceState
-from iotid.spec.algorithms import KeyAlg
-from iotid.spec.manifest import ManifestCard, encode_manifest
+from support.manifests import Manifests
 
 S = DeviceState
 ACTOR = "token:it"
@@ -99,48 +91,10 @@ def processes(schema_url: URL) -> Iterator[tuple[Database, Database]]:
 
 
 # -- a signed manifest ----------------------------------------------------------------------------
-def _ca(
-    name: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name | None,
-) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer or subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0 if issuer else None), True)
-        .sign(issuer_key, hashes.SHA384())
-    )
-
-
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    root_key = ec.generate_private_key(ec.SECP384R1())
-    root = _ca("it root", root_key, root_key, None)
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca = _ca("it batch CA", ca_key, root_key, root.subject)
-
-    def make(batch: str, uids: list[bytes]) -> tuple[bytes, bytes]:
-        cards = [
-            ManifestCard(
-                uid,
-                derive_identity_key(bytes(32), uid, KeyAlg.EC_P256).public_key(),
-                hashlib.sha256(uid).hexdigest(),
-                KeyAlg.EC_P256,
-            )
-            for uid in uids
-        ]
-        data = encode_manifest(build_manifest(batch, KeyAlg.EC_P256, ca, root, cards))
-        return data, ca_key.sign(data, ec.ECDSA(hashes.SHA384()))
-
-    return root, make
+    manifests = Manifests()
+    return manifests.root, manifests.make
 
 
 def _wait_until(condition: Callable[[], bool], what: str) -> None:
