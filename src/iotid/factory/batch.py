@@ -68,6 +68,9 @@ BATCH_FORMAT = "iotid-batch-v1"
 FIRMWARE_KEY = "firmware"
 OPERATOR_REKEY_KEY = "operator-rekey"
 ROTATION_AUTHORITY_KEY = "fleet-rotation-authority"
+#: In a batch directory: the fleet's own rotation authority public key (PEM SPKI), which then
+#: replaces the factory store's ``fleet-rotation-authority`` for the batch's cards.
+ROTATION_AUTHORITY_FILE = "rotation-authority.pem"
 _FACTORY_KEYS = (
     (FIRMWARE_KEY, Tier.OPERATIONAL),
     (OPERATOR_REKEY_KEY, Tier.QUORUM),
@@ -105,6 +108,11 @@ class BatchInfo:
     def line_key_path(self) -> Path:
         return self.directory / "line.key"
 
+    @property
+    def rotation_authority_path(self) -> Path:
+        """The fleet's rotation authority public key, when the fleet supplied its own."""
+        return self.directory / ROTATION_AUTHORITY_FILE
+
 
 def parse_alg(name: str) -> KeyAlg:
     """p256, p384, rsa2048 or rsa3072 (the identity and attestation algorithm of the batch)."""
@@ -128,9 +136,18 @@ def batch_key_names(name: str) -> dict[str, str]:
 
 
 def create_batch(
-    directory: Path, name: str, alg: KeyAlg | str, share_files: Sequence[Path]
+    directory: Path,
+    name: str,
+    alg: KeyAlg | str,
+    share_files: Sequence[Path],
+    *,
+    rotation_authority: PublicKey | None = None,
 ) -> BatchInfo:
-    """Create batch ``name`` in the ceremony ``directory``; needs M of the N share files."""
+    """Create batch ``name`` in the ceremony ``directory``; needs M of the N share files.
+
+    ``rotation_authority``: the fleet's rotation authority public key (``iotid fleet init``
+    makes it); the batch's cards trust it instead of the store's ``fleet-rotation-authority``.
+    """
     alg = parse_alg(alg) if isinstance(alg, str) else alg
     if alg not in IDENTITY_ALG_NAMES:
         raise BatchError(f"{alg.name} is not a batch algorithm (p256, p384, rsa2048, rsa3072)")
@@ -143,7 +160,7 @@ def create_batch(
         raise BatchError(f"batch {name!r} exists already")
     ceremony.open_record(directory)  # a corrupted record stops us before any key is made
     store = ceremony.quorum_unlock(directory, share_files)
-    actors = _actors(share_files)
+    actors = custodians_present(share_files)
     names = batch_key_names(name)
     listed = store.keys()
     present = {k.name for k in listed}
@@ -167,13 +184,15 @@ def create_batch(
         "isd_master": infos[names["isd_master"]],
         "ca_cert": certificate_sha256(ca_cert),
     }
+    if rotation_authority is not None:
+        fingerprints["rotation_authority"] = fingerprint(rotation_authority)
     line_key = store.create_line_key()
 
     created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     info = BatchInfo(
         name, alg, target, ca_cert, certificate_sha256(root_cert), created, names, fingerprints
     )
-    _write_batch_dir(info, line_key)
+    _write_batch_dir(info, line_key, rotation_authority)
     ceremony.append_step(
         directory,
         "batch.created",
@@ -182,6 +201,8 @@ def create_batch(
             "algorithm": IDENTITY_ALG_NAMES[alg],
             "batch_ca_sha256": certificate_sha256(ca_cert),
             "key_fingerprints": {names[k]: fingerprints[k] for k in names},
+            "rotation_authority": "fleet" if rotation_authority is not None else "factory",
+            "rotation_authority_fingerprint": fingerprints["rotation_authority"],
             "line_key_released": True,
         },
         actors,
@@ -313,7 +334,7 @@ def _issue_ca(
     return sign_certificate(builder, root_signer)
 
 
-def _write_batch_dir(info: BatchInfo, line_key: bytes) -> None:
+def _write_batch_dir(info: BatchInfo, line_key: bytes, authority: PublicKey | None) -> None:
     tmp = info.directory.with_name(f".{info.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -330,6 +351,12 @@ def _write_batch_dir(info: BatchInfo, line_key: bytes) -> None:
     }
     (tmp / "batch.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     (tmp / "batch-ca.pem").write_bytes(cert_pem)
+    if authority is not None:
+        (tmp / ROTATION_AUTHORITY_FILE).write_bytes(
+            authority.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
     fd = os.open(tmp / "line.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(line_key.hex() + "\n")
@@ -338,6 +365,6 @@ def _write_batch_dir(info: BatchInfo, line_key: bytes) -> None:
     tmp.replace(info.directory)
 
 
-def _actors(share_files: Sequence[Path]) -> list[str]:
+def custodians_present(share_files: Sequence[Path]) -> list[str]:
     """The custodians present: ceremony share files are named ``<custodian>.share``."""
     return [Path(p).stem for p in share_files]

@@ -58,7 +58,7 @@ from iotid.crypto.identity_kdf import derive_identity_key
 from iotid.factory import ceremony
 from iotid.factory.batch import BatchError, BatchInfo, attestation_certifier, load_batch
 from iotid.factory.diversify import diversify_isd_keys
-from iotid.factory.keystore import PublicKey
+from iotid.factory.keystore import FactoryKeyStore, PublicKey
 from iotid.factory.manifest import build_manifest, write_signed_manifest
 from iotid.host.errors import HostError
 from iotid.host.personalisation import AlreadyPersonalisedError, PersonalisationPlan, personalise
@@ -136,6 +136,17 @@ class _Entry:
                 raise LineError(f"journal: card {self.index:06d} has a bad identity key")
             key = loaded
         return ManifestCard(self.uid, key, self.attestation_cert_sha256, alg)
+
+
+def _rotation_authority(info: BatchInfo, store: FactoryKeyStore) -> PublicKey:
+    """The fleet's own authority key when the batch was created with one, else the store's."""
+    path = info.rotation_authority_path
+    if path.is_file():
+        key = serialization.load_pem_public_key(path.read_bytes())
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise BatchError(f"batch {info.name!r}: {path.name} is not an EC public key")
+        return key
+    return store.public_key(info.keys["rotation_authority"])
 
 
 def _parse_entry(raw: bytes, batch: str) -> _Entry:
@@ -375,7 +386,7 @@ def personalise_batch(
         operator_rekey_key=store.public_key(info.keys["operator_rekey"]),
         certify=lambda public, uid: (issue(public, uid), ca_cert),
         firmware_keys=(store.public_key(info.keys["firmware"]),),
-        rotation_authority=store.public_key(info.keys["rotation_authority"]),
+        rotation_authority=_rotation_authority(info, store),
         rollback_floor=rollback_floor,
     )
     line = _Line(info, out_dir, plan, store.secret(info.keys["isd_master"]), durable)

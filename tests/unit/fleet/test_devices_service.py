@@ -40,12 +40,19 @@ TABLES = {
     "alembic_version",
     "api_tokens",
     "audit_log",
+    "commands",
+    "enrollments",
+    "firmware_assignments",
+    "firmware_releases",
+    "revocation_events",
+    "rotations",
+    "telemetry",
     "batches",
     "certificates",
     "devices",
     "nonces",
 }
-HEAD = "0002"
+HEAD = "0003"
 
 
 def _service(db: Database, manifests: Any) -> DeviceService:

@@ -17,6 +17,16 @@ from iotid.fleet.models.audit import (
     format_time,
 )
 from iotid.fleet.models.base import Base, UTCDateTime, utcnow
+from iotid.fleet.models.lifecycle import (
+    Command,
+    Enrollment,
+    FirmwareAssignment,
+    FirmwareRelease,
+    RevocationEvent,
+    Rotation,
+    RotationState,
+    Telemetry,
+)
 from iotid.fleet.models.nonce import Nonce
 from iotid.fleet.models.registry import (
     ALLOWED_TRANSITIONS,
@@ -41,7 +51,15 @@ __all__ = [
     "Certificate",
     "Device",
     "DeviceState",
+    "Command",
+    "Enrollment",
+    "FirmwareAssignment",
+    "FirmwareRelease",
     "Nonce",
+    "RevocationEvent",
+    "Rotation",
+    "RotationState",
+    "Telemetry",
     "UTCDateTime",
     "entry_hash",
     "format_time",

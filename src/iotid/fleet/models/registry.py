@@ -77,6 +77,11 @@ class Batch(Base):
     manifest_json: Mapped[str] = mapped_column(Text)
     manifest_signature: Mapped[bytes] = mapped_column(LargeBinary)
     imported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Set when the batch attestation CA is revoked: no device of the batch may enroll, rotate
+    #: or connect any more, and every certificate issued to them is revoked with it.
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: RFC 5280 §5.3.1 CRLReason (``x509.ReasonFlags`` value) of the batch CA's revocation.
+    revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     devices: Mapped[list[Device]] = relationship(back_populates="batch", lazy="raise")
 
@@ -96,6 +101,13 @@ class Device(Base):
     identity_spki: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     attestation_cert_sha256: Mapped[str] = mapped_column(String(64))
     key_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    #: Firmware rollout group (``default`` until an operator assigns another).
+    group_name: Mapped[str] = mapped_column(String(64), default="default", index=True)
+    #: The firmware version the device last reported as running (``None``: never reported).
+    firmware_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    enrolled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -117,6 +129,11 @@ class Certificate(Base):
         ForeignKey("devices.id", ondelete="RESTRICT"), index=True
     )
     der: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The identity-key epoch the certificate was issued for, and that key's SPKI SHA-256.
+    key_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    spki_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    #: SHA-256 of the issuing CA certificate's DER (OCSP and CRLs are per issuing CA).
+    issuer_sha256: Mapped[str] = mapped_column(String(64), index=True)
     not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
