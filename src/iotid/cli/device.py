@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from iotid.apdu import ApduError
 from iotid.connect import TargetError, open_connection
+from iotid.device import FleetClient, FleetError
 from iotid.host.errors import HostError
 from iotid.host.secureelement import SecureElement
 from iotid.host.tls import connect
@@ -29,7 +30,18 @@ device_app = typer.Typer(
     no_args_is_help=True, help="The device side: provision, attest, mTLS, firmware, rotation."
 )
 SeOption = Annotated[str, typer.Option("--se", help="Card state directory or pcsc:READER.")]
-_ERRORS = (ApduError, HostError, TransportError, TargetError, ValueError, OSError)
+_ERRORS = (ApduError, HostError, TransportError, TargetError, FleetError, ValueError, OSError)
+FleetOption = Annotated[
+    str, typer.Option("--fleet", help="Fleet operator API base URL, e.g. http://127.0.0.1:8080.")
+]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Device state directory (gateway CA, gateway address; never keys). "
+        "Default: <SE>.fleet next to a card directory.",
+    ),
+]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -263,6 +275,69 @@ def status(se: SeOption) -> None:
             }
         )
     )
+
+
+def _state_dir(se: str, state_dir: Path | None) -> Path:
+    if state_dir is not None:
+        return state_dir
+    if se.startswith("pcsc:"):
+        raise _fail("--state-dir is required with a pcsc: reader")
+    return Path(se.rstrip("/") + ".fleet")
+
+
+@device_app.command()
+def enroll(
+    se: SeOption,
+    fleet: FleetOption,
+    state_dir: StateDirOption = None,
+    gateway: Annotated[
+        str | None, typer.Option(help="Device gateway HOST:PORT, remembered for later.")
+    ] = None,
+    ca: Annotated[
+        Path | None, typer.Option(help="CA bundle (PEM) for an https:// fleet URL.")
+    ] = None,
+) -> None:
+    """Enroll with the fleet: quote from the SE, certificate installed on the SE."""
+    from rich.console import Console  # noqa: PLC0415 - only this command prints with rich
+
+    ca_pem = _read(ca) if ca is not None else None
+    directory = _state_dir(se, state_dir)
+    with (
+        _se(se) as s,
+        FleetClient(s, fleet, gateway=gateway, ca_pem=ca_pem, state_dir=directory) as client,
+    ):
+        info = client.enroll()
+    out = Console()
+    out.print(f"[bold green]enrolled[/] [bold]{info.uid}[/]")
+    out.print(f"  epoch      {info.epoch}")
+    out.print(f"  serial     {info.serial}")
+    out.print(f"  not after  {info.not_after}")
+    out.print(f"  state      {directory}")
+
+
+@device_app.command()
+def telemetry(
+    se: SeOption,
+    fleet: FleetOption,
+    data: Annotated[str, typer.Option(help="The reading, JSON (sent as its UTF-8 bytes).")],
+    gateway: Annotated[
+        str | None, typer.Option(help="Device gateway HOST:PORT (default: the remembered one).")
+    ] = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Send one signed telemetry reading through the gateway (mutual TLS, key in the SE)."""
+    try:
+        payload = json.dumps(json.loads(data), separators=(",", ":")).encode()
+    except ValueError:
+        raise _fail("--data must be JSON") from None
+    directory = _state_dir(se, state_dir)
+    with (
+        _se(se) as s,
+        FleetClient(s, fleet, gateway=gateway, state_dir=directory) as client,
+        client.gateway() as gw,
+    ):
+        reading = gw.send_telemetry(payload)
+    typer.echo(json.dumps({"id": reading}))
 
 
 def _hex(text: str, name: str) -> bytes:

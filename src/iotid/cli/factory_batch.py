@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -63,14 +65,30 @@ def create(
     shares: Annotated[
         list[Path], typer.Option("--shares", help="A custodian's share file (M of them).")
     ],
+    rotation_authority: Annotated[
+        Path | None,
+        typer.Option(
+            "--rotation-authority",
+            help="The fleet's rotation authority public key (PEM; FLEET_DIR/rotation-authority.pem"
+            " from `iotid fleet init`). Default: the factory store's own.",
+        ),
+    ] = None,
 ) -> None:
     """Create batch NAME: its attestation CA signed by the root (quorum present), master keys."""
     try:
-        info = create_batch(directory, name, parse_alg(alg), shares)
+        authority = None
+        if rotation_authority is not None:
+            loaded = serialization.load_pem_public_key(rotation_authority.read_bytes())
+            if not isinstance(loaded, ec.EllipticCurvePublicKey):
+                _fail(f"{rotation_authority}: not an EC public key")
+            authority = loaded
+        info = create_batch(directory, name, parse_alg(alg), shares, rotation_authority=authority)
     except _EXPECTED as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.filename or 'file'}: {exc.strerror or exc}")
+    except ValueError as exc:
+        _fail(f"{rotation_authority}: {exc}")
     console.print(
         f"batch {info.name} ({alg}) created in {info.directory}: attestation CA "
         f"{info.fingerprints['ca_cert'][:16]}, line key in {info.line_key_path} (mode 0600)",

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from iotid.cli.device import device_app
 from iotid.cli.factory import factory_app
+from iotid.cli.fleet import fleet_app
 from iotid.cli.se import se_app
 from iotid.demo import NOT_YET_BUILT, TOTAL_STEPS, Step, run_demo
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(se_app, name="se")
 app.add_typer(device_app, name="device")
 app.add_typer(factory_app, name="factory")
+app.add_typer(fleet_app, name="fleet")
 console = Console()
 
 

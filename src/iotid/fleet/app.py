@@ -11,25 +11,52 @@ process (``iotid fleet serve``), the device gateway (its own mutual-TLS listener
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 
+from iotid.fleet.audit.api import SERVICE_STATE_KEY as AUDIT_STATE_KEY
+from iotid.fleet.audit.api import router as audit_router
+from iotid.fleet.audit.service import AuditService
 from iotid.fleet.auth import DB_STATE_KEY
+from iotid.fleet.commands.api import SERVICE_STATE_KEY as COMMANDS_STATE_KEY
+from iotid.fleet.commands.api import router as commands_router
+from iotid.fleet.commands.service import CommandService
 from iotid.fleet.db import Database
 from iotid.fleet.devices.api import SERVICE_STATE_KEY
 from iotid.fleet.devices.api import router as devices_router
 from iotid.fleet.devices.service import DeviceService
-from iotid.fleet.errors import DomainError, Unauthenticated
+from iotid.fleet.enrollment.api import SERVICE_STATE_KEY as ENROLLMENT_STATE_KEY
+from iotid.fleet.enrollment.api import router as enrollment_router
+from iotid.fleet.enrollment.service import EnrollmentService
+from iotid.fleet.errors import DomainError, Unauthenticated, Unavailable
+from iotid.fleet.firmware.api import SERVICE_STATE_KEY as FIRMWARE_STATE_KEY
+from iotid.fleet.firmware.api import router as firmware_router
+from iotid.fleet.firmware.service import FirmwareService
+from iotid.fleet.issuing import CLIENT_CERT_LIFETIME, FleetKeys
+from iotid.fleet.metrics import FleetMetrics
+from iotid.fleet.models import utcnow
+from iotid.fleet.revocation.api import install as install_revocation
+from iotid.fleet.revocation.service import RevocationService
+from iotid.fleet.rotation.service import RotationService
+from iotid.fleet.telemetry.api import SERVICE_STATE_KEY as TELEMETRY_STATE_KEY
+from iotid.fleet.telemetry.api import router as telemetry_router
+from iotid.fleet.telemetry.service import TelemetryService
 
-__all__ = ["create_app"]
+__all__ = ["FleetServices", "create_app", "create_fleet_app"]
 
 
 class Health(BaseModel):
@@ -41,7 +68,7 @@ def _render_domain_error(_request: Request, exc: Exception) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
     return JSONResponse(
         status_code=exc.status,
-        content={"error": exc.code, "message": exc.message},
+        content={**exc.extra, "error": exc.code, "message": exc.message},
         headers=headers,
     )
 
@@ -65,10 +92,121 @@ def _render_validation_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(db_url: str | URL, issuance_root_pem: bytes) -> FastAPI:
-    """The operator API over the database at ``db_url`` (already migrated)."""
-    root = x509.load_pem_x509_certificate(issuance_root_pem)
+@dataclass(frozen=True)
+class FleetServices:
+    """Every slice's service of one fleet process, over one database and one set of keys."""
+
+    db: Database
+    keys: FleetKeys
+    devices: DeviceService
+    enrollment: EnrollmentService
+    revocation: RevocationService
+    rotation: RotationService
+    telemetry: TelemetryService
+    commands: CommandService
+    firmware: FirmwareService
+    audit: AuditService
+
+    @classmethod
+    def build(
+        cls,
+        db: Database,
+        keys: FleetKeys,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        cert_lifetime: dt.timedelta = CLIENT_CERT_LIFETIME,
+        nonce_ttl: dt.timedelta = dt.timedelta(minutes=5),
+        ceremony_record: Path | None = None,
+    ) -> FleetServices:
+        return cls(
+            db=db,
+            keys=keys,
+            devices=DeviceService(db, keys.root, clock=clock),
+            enrollment=EnrollmentService(
+                db, keys, clock, cert_lifetime=cert_lifetime, nonce_ttl=nonce_ttl
+            ),
+            revocation=RevocationService(db, keys, clock=clock),
+            rotation=RotationService(
+                db, keys, clock=clock, cert_lifetime=cert_lifetime, nonce_ttl=nonce_ttl
+            ),
+            telemetry=TelemetryService(db, clock=clock),
+            commands=CommandService(db, clock=clock),
+            firmware=FirmwareService(db, clock=clock),
+            audit=AuditService(db, keys, clock=clock, ceremony_record=ceremony_record),
+        )
+
+
+def create_fleet_app(
+    services: FleetServices, metrics: FleetMetrics | None = None, *, dispose: bool = False
+) -> FastAPI:
+    """The operator API over ``services``: every slice's router, errors, health, metrics."""
+    db = services.db
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if dispose:
+            db.dispose()
+
+    app = FastAPI(
+        title="iotid fleet operator API",
+        version="1",
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+    setattr(app.state, DB_STATE_KEY, db)
+    app.add_exception_handler(DomainError, _render_domain_error)
+    app.add_exception_handler(RequestValidationError, _render_validation_error)
+    for key, service, router in (
+        (SERVICE_STATE_KEY, services.devices, devices_router),
+        (ENROLLMENT_STATE_KEY, services.enrollment, enrollment_router),
+        (FIRMWARE_STATE_KEY, services.firmware, firmware_router),
+        (AUDIT_STATE_KEY, services.audit, audit_router),
+        (TELEMETRY_STATE_KEY, services.telemetry, telemetry_router),
+        (COMMANDS_STATE_KEY, services.commands, commands_router),
+    ):
+        setattr(app.state, key, service)
+        app.include_router(router)
+    install_revocation(app, db, services.keys, service=services.revocation)
+    if metrics is not None:
+        metrics.install(app)
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["operations"], responses={503: {}})
+    def readyz() -> Health:
+        """Readiness: the database answers."""
+        try:
+            with db.transaction(write=False) as session:
+                session.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            raise Unavailable(
+                "fleet.database_unavailable", "the database does not answer"
+            ) from None
+        return Health(status="ready")
+
+    return app
+
+
+def create_app(
+    db_url: str | URL, issuance_root_pem: bytes, keys: FleetKeys | None = None
+) -> FastAPI:
+    """The operator API over the database at ``db_url`` (already migrated).
+
+    With the fleet's ``keys``: every slice (:func:`create_fleet_app`). Without: the registry
+    endpoints only (batch import, devices), for tools that hold no fleet keys.
+    """
     db = Database(db_url)
+    if keys is not None:
+        if keys.root.public_bytes(serialization.Encoding.PEM) != issuance_root_pem and (
+            x509.load_pem_x509_certificate(issuance_root_pem) != keys.root
+        ):
+            raise ValueError("the issuance root is not the fleet keys' root")
+        return create_fleet_app(FleetServices.build(db, keys), dispose=True)
+    root = x509.load_pem_x509_certificate(issuance_root_pem)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ Not in scope: rendering (the API layer), authentication itself (the token slice)
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import ClassVar
 
@@ -32,9 +33,17 @@ _CODE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
 
 
 class DomainError(Exception):
-    """A refusal a client can act on: ``status`` (HTTP), ``code`` (stable) and ``message``."""
+    """A refusal a client can act on: ``status`` (HTTP), ``code`` (stable) and ``message``;
+    ``extra``: further public fields the body carries (e.g. enrollment's ``reason``)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        extra: Mapping[str, str | int] | None = None,
+    ) -> None:
         if _CODE.fullmatch(code) is None:
             raise ValueError(f"reason code {code!r} must be lower-case dotted words")
         HTTPStatus(status)  # a real status code, or ValueError
@@ -42,6 +51,9 @@ class DomainError(Exception):
         self.status = status
         self.code = code
         self.message = message
+        self.extra: dict[str, str | int] = {
+            k: v for k, v in (extra or {}).items() if k not in ("error", "message", "status")
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status}, code={self.code!r})"
@@ -51,7 +63,7 @@ class DomainError(Exception):
 
     def to_dict(self) -> dict[str, str | int]:
         """The body the API renders."""
-        return {"status": self.status, "code": self.code, "message": self.message}
+        return {**self.extra, "status": self.status, "code": self.code, "message": self.message}
 
 
 class _StatusError(DomainError):

@@ -72,7 +72,8 @@ class AuthorisationRejectedError(RotationError):
 
 
 class UnknownEpochError(RotationError):
-    """6A88: no retired key of that epoch (never retired, active, or destroyed)."""
+    """6A88: to DECRYPT, neither the current epoch nor a retained retired one; to PURGE, no
+    retired key of that epoch (never retired, the active one, or destroyed)."""
 
 
 class DecryptionFailedError(RotationError):
@@ -211,7 +212,7 @@ class RotationSession:
             if sw == SW.SECURITY_STATUS_NOT_SATISFIED:
                 raise AuthorisationRejectedError("authorisation refused by the card", sw) from None
             if sw == SW.REFERENCED_DATA_NOT_FOUND and ins in (spec.Ins.DECRYPT, spec.Ins.PURGE):
-                raise UnknownEpochError(f"no retired key for epoch {p1p2}", sw) from None
+                raise UnknownEpochError(f"no usable key for epoch {p1p2}", sw) from None
             if sw == SW.WRONG_DATA and ins == spec.Ins.DECRYPT:
                 raise DecryptionFailedError("the card could not decrypt the blob", sw) from None
             raise
@@ -270,7 +271,10 @@ class RotationSession:
         )
 
     def decrypt(self, epoch: int, blob: bytes) -> bytes:
-        """DECRYPT with the retired key of ``epoch`` (a blob made with no associated data)."""
+        """DECRYPT a blob made with no associated data (``iotid.crypto.ecies``): with the
+        active key when ``epoch`` is the current epoch (what the fleet encrypts its commands
+        to), else with the retained retired key of ``epoch``. :class:`UnknownEpochError` (6A88)
+        when ``epoch`` is neither; :class:`DecryptionFailedError` (6A80) for every failure."""
         return self._send(spec.Ins.DECRYPT, blob, p1p2=_p1p2_epoch(epoch))
 
     def purge(self, epoch: int, signature: bytes) -> None:
@@ -281,5 +285,5 @@ class RotationSession:
 
 def _p1p2_epoch(epoch: int) -> int:
     if not 0 < epoch <= _MAX_P1P2_EPOCH:
-        raise ValueError("a retired epoch is addressed in P1/P2: 1..65535")
+        raise ValueError("an epoch is addressed in P1/P2: 1..65535")
     return epoch

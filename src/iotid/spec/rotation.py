@@ -14,17 +14,18 @@ COMMIT     0x42 00 00     acknowledgement signature  80 new epoch
 ABORT      0x44 00 00     none                       none
 GET STATE  0x46 00 00     none                       80 epoch, 83 pending, 84 retired, 85 policy,
                                                      86 algorithm
-DECRYPT    0x48 epoch     blob (``iotid.crypto.      plaintext
-                (u16)     ecies``, no associated
-                          data)
+DECRYPT    0x48 epoch     blob (``iotid.crypto.      plaintext; P1P2 = the current epoch:
+                (u16)     ecies``, no associated     the active key (fleet commands); a
+                          data)                      retained retired epoch: that key
 PURGE      0x4A epoch     authority signature        none
                 (u16)
 ========== ==== ========= ========================== ===========================================
 
 Status words: 6700 nonce length / empty data where data is needed, 6A86 P1/P2, 6985 no pending
 rotation (COMMIT, ABORT) or not personalised / no active key, 6982 acknowledgement or purge
-authorisation absent or bad, 6A88 retired epoch unknown or destroyed, 6A80 DECRYPT blob malformed
-or not authentic (one word for every decryption failure).
+authorisation absent or bad, 6A88 an epoch that is neither the current one (DECRYPT only) nor a
+retained retired one (never retired, or destroyed), 6A80 DECRYPT blob malformed, for another key
+or not authentic (one word for every decryption failure, current or retired key alike).
 
 Signatures. The proof of continuity is made by the current identity key, the acknowledgement and
 the purge authorisation by the fleet's rotation-authority key (DGI 0501). All use one rule:

@@ -26,7 +26,8 @@ __all__ = [
 ]
 
 #: Log level below DEBUG for raw APDU hex. Enable it deliberately: APDUs can carry wrapped keys.
-TRAFFIC = 5
+#: (Not 5: uvicorn names level 5 "TRACE" when the fleet runs in the same process.)
+TRAFFIC = 3
 logging.addLevelName(TRAFFIC, "TRAFFIC")
 
 #: The package logger; transports log through it or its children (``iotid.transport.vpcd``...).

@@ -2,7 +2,8 @@
 
 Scope: the whole rotation (P-256, P-384, RSA-2048): proof of continuity checked with the old key
 and re-built here byte by byte from the spec's definition, commit with the authority's
-acknowledgement, data encrypted to the old key decrypted after, retention, purge; and the
+acknowledgement, data encrypted to the old key decrypted after, data encrypted to the current
+key decrypted (fleet commands), retention, purge; and the
 negative matrix: every command before personalisation and before an identity key, bad P1/P2,
 nonce lengths, absent/wrong/replayed acknowledgements, decryption failures, personalisation
 errors, each answering a precise status word with the NVM unchanged.
@@ -199,8 +200,15 @@ def test_rotate_commit_and_decrypt_historical_data(
     verify_rule(new, signed, b"hello")
     # Historical data encrypted to the old key decrypts through the retired key.
     assert s.decrypt(1, historical) == b"telemetry from epoch 1"
+    # The current key decrypts what the fleet encrypts to it (commands) ...
+    assert s.decrypt(2, encrypt_for(new, b"command for epoch 2")) == b"command for epoch 2"
+    # ... but each epoch only its own key's blobs, and an epoch never reached is unknown.
+    with pytest.raises(DecryptionFailedError):
+        s.decrypt(2, historical)
+    with pytest.raises(DecryptionFailedError):
+        s.decrypt(1, encrypt_for(new, b"x"))
     with pytest.raises(UnknownEpochError):
-        s.decrypt(2, encrypt_for(new, b"x"))  # the active key is not a retired key
+        s.decrypt(3, encrypt_for(new, b"x"))
 
 
 def test_retention_one_destroys_the_oldest_retired_key(
@@ -415,6 +423,57 @@ def test_wrong_p1_p2_and_class(p256_card: Card) -> None:
 
 
 # -- DECRYPT --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alg", list(ALGS))
+def test_decrypt_with_the_current_key_before_any_rotation(
+    alg: str, keys: dict[str, PrivateKey], authority: ec.EllipticCurvePrivateKey
+) -> None:
+    """Fleet commands are encrypted to the CURRENT identity key (ECIES P-256/P-384, RSA hybrid):
+    DECRYPT with P1P2 = the current epoch uses the active key, and reads nothing else."""
+    key = keys[alg]
+    card = make_card(key, authority)
+    s = session(card)
+    before = snapshot(card)
+    assert s.decrypt(1, encrypt_for(key.public_key(), b"reboot at 03:00")) == b"reboot at 03:00"
+    assert snapshot(card) == before
+    other = keys["p384" if alg == "p256" else "p256"].public_key()
+    with pytest.raises(DecryptionFailedError) as err:
+        s.decrypt(1, encrypt_for(other, b"x"))  # another key or algorithm: 6A80, not 6A88
+    assert err.value.sw == SW.WRONG_DATA
+    with pytest.raises(UnknownEpochError) as unknown:
+        s.decrypt(2, encrypt_for(key.public_key(), b"x"))  # no epoch 2 yet
+    assert unknown.value.sw == SW.REFERENCED_DATA_NOT_FOUND
+    # A pending (uncommitted) key is not the current one: its epoch stays unknown.
+    pending = s.rotate(NONCE).public_key
+    with pytest.raises(UnknownEpochError):
+        s.decrypt(2, encrypt_for(pending, b"x"))
+    assert s.decrypt(1, encrypt_for(key.public_key(), b"still 1")) == b"still 1"
+
+
+def test_decrypt_failures_with_the_current_key(
+    keys: dict[str, PrivateKey], authority: ec.EllipticCurvePrivateKey
+) -> None:
+    """The negative matrix is the same for the current key: one status word, 6A80, for all."""
+    key = keys["p256"]
+    card = make_card(key, authority)
+    s = session(card)
+    good = encrypt_for(key.public_key(), b"current")
+    tampered = bytearray(good)
+    tampered[-1] ^= 1
+    before = snapshot(card)
+    for blob in (
+        b"\x01garbage",
+        bytes(tampered),
+        good[:-20],
+        encrypt_for(keys["rsa2048"].public_key(), b"x"),
+        encrypt_for(key.public_key(), b"x", b"aad"),
+    ):
+        with pytest.raises(DecryptionFailedError) as err:
+            s.decrypt(1, blob)
+        assert err.value.sw == SW.WRONG_DATA
+    assert snapshot(card) == before
+    assert s.decrypt(1, good) == b"current"
+
+
 @pytest.fixture
 def rotated_card(
     keys: dict[str, PrivateKey], authority: ec.EllipticCurvePrivateKey
@@ -473,6 +532,8 @@ def test_decrypt_rsa_failures(
     for blob in (short_wrap, bytes(bad_wrap), encrypt_for(keys["p256"].public_key(), b"x")):
         with pytest.raises(DecryptionFailedError):
             s.decrypt(1, blob)
+        with pytest.raises(DecryptionFailedError):
+            s.decrypt(2, blob)  # the current RSA key: the same single status word
     assert snapshot(card) == before
     assert s.decrypt(1, good) == b"rsa history"
 

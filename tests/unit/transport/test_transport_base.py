@@ -12,7 +12,7 @@ from iotid.transport.base import CardRemovedError, TransportError, logger
 
 
 def test_traffic_level_is_registered_below_debug() -> None:
-    assert TRAFFIC == 5 < logging.DEBUG
+    assert TRAFFIC == 3 < logging.DEBUG
     assert logging.getLevelName(TRAFFIC) == "TRAFFIC"
     assert logger.name == "iotid.transport"
 

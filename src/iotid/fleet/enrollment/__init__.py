@@ -1,9 +1,14 @@
-"""Enrollment (DESIGN.md section 9): nonce -> attestation quote -> typed verdict.
+"""Enrollment (DESIGN.md section 9): nonce -> attestation quote -> typed verdict -> certificate.
 
-Scope today: the pure-logic quote verifier (:class:`QuoteVerifier`, with :class:`Verdict` and
-:class:`Reason` in ``verdict``, the quote's shape checks in ``quote``) and the nonce store
-protocol with its in-memory implementation (``nonces``). Not yet here: the slice's service,
-repository and API, the client certificate issuance, rotation proofs.
+Modules: ``verifier`` (:class:`QuoteVerifier`, pure logic, callables injected; with a
+:class:`RegistryCard` lookup it checks the registry's current key, epoch and revocation state),
+``verdict`` (:class:`Verdict`, :class:`Reason`), ``quote`` (shape checks), ``nonces`` (the
+:class:`NonceStore` protocol, an in-memory store), ``dbnonces`` (the database store every fleet
+process shares), ``repository`` (the slice's SQL), ``service`` (``EnrollmentService``: enrollment
+and renewal in one transaction, ``EnrollmentRefused``), ``api`` (operator API routes, no token)
+and ``gateway`` (renewal over the device gateway). This package re-exports the pure parts only;
+import the service, API and gateway modules by name (they need the database layer).
+Not here: rotation proofs (``iotid.fleet.rotation``), revocation (``iotid.fleet.revocation``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from iotid.fleet.enrollment.nonces import (
 )
 from iotid.fleet.enrollment.quote import MAX_QUOTE_LEN
 from iotid.fleet.enrollment.verdict import Reason, Verdict
-from iotid.fleet.enrollment.verifier import QuoteVerifier
+from iotid.fleet.enrollment.verifier import QuoteVerifier, RegistryCard
 
 __all__ = [
     "DEFAULT_TTL",
@@ -28,5 +33,6 @@ __all__ = [
     "NonceStore",
     "QuoteVerifier",
     "Reason",
+    "RegistryCard",
     "Verdict",
 ]

@@ -61,6 +61,13 @@ class Reason(StrEnum):
     ATTESTATION_CERT_MISMATCH = "attestation_cert_mismatch"
     IDENTITY_KEY_MISMATCH = "identity_key_mismatch"
     NOT_PROVISIONED = "not_provisioned"
+    # 7. the registry (current key, epoch and lifecycle of an enrolled device)
+    KEY_EPOCH_MISMATCH = "key_epoch_mismatch"
+    DEVICE_REVOKED = "device_revoked"
+    BATCH_REVOKED = "batch_revoked"
+    DEVICE_RETIRED = "device_retired"
+    DEVICE_ROTATING = "device_rotating"
+    UID_MISMATCH = "uid_mismatch"
 
 
 @dataclass(frozen=True)

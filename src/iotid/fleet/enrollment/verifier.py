@@ -21,14 +21,21 @@ device's nonce); each failure is a :class:`~iotid.fleet.enrollment.verdict.Reaso
 6. the manifest (deny by default): the UID listed, the leaf being the very certificate the
    factory recorded for that UID, the identity algorithm and (EC batches) the identity public
    key equal to the manifest's, the card provisioned. RSA batches have no predicted key: the
-   quote is accepted and the verdict says so (``identity_key_predicted`` False).
+   quote is accepted and the verdict says so (``identity_key_predicted`` False);
+7. the registry, when the lookup answers a :class:`RegistryCard` (the fleet's record rather than
+   the bare manifest entry): the identity key compared in 6 is the registry's CURRENT key (the
+   manifest's prediction until a rotation replaced it; for an RSA batch the key recorded at the
+   first enrollment, none before), the quote's key epoch must equal the registry's once the
+   device has enrolled (``key_epoch`` > 0), and a revoked device or a device of a revoked batch
+   is refused (``device_revoked``, ``batch_revoked``).
 
 ``verify`` never raises on bad input. Exceptions raised by the injected callables (a database
 outage) propagate: an outage is not a verdict about the device.
 
 Not covered: issuing the client certificate, the registry and its state machine, rotation proofs
-(later), OCSP/CRL fetching (``revoked`` is the caller's), key epochs after a rotation (the
-registry knows the current key; this verifier compares with the manifest's prediction).
+(later), OCSP/CRL fetching (``revoked`` is the caller's), which key is current after a rotation (the
+lookup decides which key is current: a :class:`RegistryCard` carries it), the lifecycle states
+other than revoked (the enrollment service decides about retired and rotating devices).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import hashlib
 import hmac
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -59,7 +67,7 @@ from iotid.fleet.enrollment.quote import (
 from iotid.fleet.enrollment.verdict import QuoteRefusedError, Reason, Verdict
 from iotid.spec.manifest import ManifestCard
 
-__all__ = ["QuoteVerifier"]
+__all__ = ["QuoteVerifier", "RegistryCard"]
 
 _SHA2 = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _MIN_RSA_BITS = 2048
@@ -76,6 +84,19 @@ _NONCE_REASONS = {
 
 def _aware(moment: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class RegistryCard(ManifestCard):
+    """The fleet registry's record of a card: the manifest entry with the CURRENT identity key
+    (``identity_public_key``: the manifest's prediction, the rotated key after a rotation, for
+    RSA the key recorded at enrollment or None before), the registry's key epoch (0: never
+    enrolled, any epoch is taken; then the quote must claim exactly this one) and whether the
+    device or its batch is revoked."""
+
+    key_epoch: int = 0
+    device_revoked: bool = False
+    batch_revoked: bool = False
 
 
 class QuoteVerifier:
@@ -191,14 +212,29 @@ class QuoteVerifier:
         if expected is not None and not hmac.compare_digest(
             expected.public_bytes(_DER, _SPKI), claims.identity_key.public_bytes(_DER, _SPKI)
         ):
+            whose = "registry's current one" if isinstance(card, RegistryCard) else "manifest's"
             raise QuoteRefusedError(
                 Reason.IDENTITY_KEY_MISMATCH,
-                f"card {uid_hex}: the identity key (epoch {claims.key_epoch}) is not the "
-                "manifest's",
+                f"card {uid_hex}: the identity key (epoch {claims.key_epoch}) is not the {whose}",
             )
         if not claims.provisioned:
             raise QuoteRefusedError(Reason.NOT_PROVISIONED, f"card {uid_hex} is not provisioned")
+        if isinstance(card, RegistryCard):
+            _match_registry(card, claims, uid_hex)
         return expected is not None
+
+
+def _match_registry(card: RegistryCard, claims: QuoteClaims, uid_hex: str) -> None:
+    """7. the registry's epoch and revocation state (the key itself was compared in 6)."""
+    if card.batch_revoked:
+        raise QuoteRefusedError(Reason.BATCH_REVOKED, f"card {uid_hex}: its batch is revoked")
+    if card.device_revoked:
+        raise QuoteRefusedError(Reason.DEVICE_REVOKED, f"device {uid_hex} is revoked")
+    if card.key_epoch > 0 and claims.key_epoch != card.key_epoch:
+        raise QuoteRefusedError(
+            Reason.KEY_EPOCH_MISMATCH,
+            f"card {uid_hex}: key epoch {claims.key_epoch}, the registry's is {card.key_epoch}",
+        )
 
 
 # -- 3. certificate checks -----------------------------------------------------------------------

@@ -3,10 +3,11 @@
 Scope: ROTATE makes a pending identity key on the card and returns it with a proof of continuity
 signed by the current key over the fleet's nonce and the next epoch; COMMIT promotes it once the
 fleet's rotation authority has acknowledged exactly that key, epoch and nonce, retires the old key
-and applies the retention policy; ABORT drops the pending key; GET STATE reports; DECRYPT lets a
-retired key decrypt (ECIES or the RSA-OAEP hybrid of ``iotid.crypto.ecies``) data encrypted to it
-earlier; PURGE zeroises a retired key on the authority's word. Retired keys never sign: no
-command here signs with them.
+and applies the retention policy; ABORT drops the pending key; GET STATE reports; DECRYPT lets the
+current key decrypt (ECIES or the RSA-OAEP hybrid of ``iotid.crypto.ecies``) what the fleet
+encrypts to it (commands), and a retained retired key what was encrypted to it earlier; PURGE
+zeroises a retired key on the authority's word. Retired keys never sign: no command here signs
+with them.
 
 Every command runs in the card's per-APDU NVM transaction (``iotid.se.card``): the pending key and
 its nonce are written together, and COMMIT's promotion, retirement, retention and clearing are
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from iotid.apdu import ApduError, CommandApdu, tlv
 from iotid.crypto import ecies
 from iotid.se.applet import Applet, ClaClass, handles
-from iotid.se.identity import IdentityStore
+from iotid.se.identity import ACTIVE_SLOT, IdentityStore
 from iotid.se.keystore import PublicKey
 from iotid.spec import identity as spec_identity
 from iotid.spec import rotation as spec
@@ -228,27 +229,40 @@ class RotationApplet(Applet):
             + tlv(spec.Tag.ALGORITHM, bytes([alg]) if alg is not None else b"")
         )
 
-    # -- DECRYPT (retired keys only) -------------------------------------------------------------
+    # -- DECRYPT (the current key, and retained retired keys) -------------------------------------
     @handles(spec.Ins.DECRYPT, cla=ClaClass.PROPRIETARY)
     def decrypt(self, cmd: CommandApdu) -> bytes:
+        """P1P2 = the current epoch: the active key (the fleet's commands are encrypted to it);
+        a retained retired epoch: that key (forensic decryption); any other epoch: 6A88."""
         identity = self._ready(cmd, p1p2_is_epoch=True)
         epoch = (cmd.p1 << 8) | cmd.p2
         if not cmd.data:
             raise ApduError(SW.WRONG_LENGTH)
-        if epoch not in identity.retired_epochs():
+        current = epoch == identity.epoch
+        if current:
+            recipient = identity.active_public_key()
+        elif epoch in identity.retired_epochs():
+            recipient = identity.retired_public_key(epoch)
+        else:
             raise ApduError(SW.REFERENCED_DATA_NOT_FOUND)
-        recipient = identity.retired_public_key(epoch)
         try:
             if isinstance(recipient, ec.EllipticCurvePublicKey):
                 parsed = ecies.ecies_parse(cmd.data)
                 if parsed.curve.name != recipient.curve.name:
                     raise ApduError(SW.WRONG_DATA)
-                shared = identity.ecdh_retired(epoch, parsed.ephemeral_public_key())
+                peer = parsed.ephemeral_public_key()
+                shared = (
+                    identity.ecdh_active(peer) if current else identity.ecdh_retired(epoch, peer)
+                )
                 return ecies.ecies_decrypt_with_shared_secret(shared, parsed, recipient=recipient)
             hybrid = ecies.rsa_hybrid_parse(cmd.data)
             if len(hybrid.wrapped_key) != (recipient.key_size + 7) // 8:
                 raise ApduError(SW.WRONG_DATA)
-            content_key = identity.decrypt_oaep_retired(epoch, hybrid.wrapped_key, "sha256")
+            content_key = (
+                self.ctx.keys.decrypt_oaep(ACTIVE_SLOT, hybrid.wrapped_key, "sha256")
+                if current
+                else identity.decrypt_oaep_retired(epoch, hybrid.wrapped_key, "sha256")
+            )
             return ecies.rsa_hybrid_decrypt_with_content_key(content_key, hybrid)
         except ValueError:  # EciesError, OAEP failure: one status word for all (no oracle)
             raise ApduError(SW.WRONG_DATA) from None
