@@ -15,4 +15,4 @@ echo "== ruff";          ruff check src tests bench
 echo "== ruff format";   ruff format --check src tests bench
 echo "== mypy";          mypy
 echo "== import-linter"; lint-imports
-echo "== pytest";        pytest -q "$@"
+echo "== pytest";        pytest -q -n 2 "$@"   # 2 workers: the machine has 2 cores
