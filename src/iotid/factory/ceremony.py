@@ -57,6 +57,7 @@ from iotid.factory.keystore import KeyStoreError, PublicKey, Tier, fingerprint
 from iotid.factory.profiles import CA_KEY_USAGE
 from iotid.factory.record import Entry, Record, RecordError
 from iotid.factory.x509sign import X509SignError, sign_certificate
+from iotid.spec import ceremony_record
 from iotid.spec.algorithms import KeyAlg
 from iotid.spec.manifest import certificate_sha256
 
@@ -66,7 +67,7 @@ SHARES_DIR = "shares"
 SHARE_SUFFIX = ".share"
 ROOT_KEY = "issuance-root"
 ROOT_ALG = KeyAlg.EC_P384
-CPS_PREFIX = "urn:iotid:ceremony:sha256:"
+CPS_PREFIX = ceremony_record.CPS_PREFIX
 ROOT_KEY_GENERATED = "root.key.generated"
 ROOT_CERT_ISSUED = "root.certificate.issued"
 _VALIDITY = dt.timedelta(days=365 * 20)

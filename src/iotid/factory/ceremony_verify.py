@@ -15,7 +15,6 @@ the share files (a custodian's share is not needed to verify); key store backend
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,8 @@ from iotid.factory.ceremony import (
 )
 from iotid.factory.keystore import fingerprint
 from iotid.factory.record import Entry
+from iotid.spec.ceremony_record import ceremony_reference
 from iotid.spec.manifest import certificate_sha256
-
-_REFERENCE = re.compile(re.escape(CPS_PREFIX) + r"([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -57,21 +55,6 @@ class CeremonyReport:
     record_head: str
     #: Entries after the root certificate's issuance (batches and other later steps).
     later_steps: int
-
-
-def ceremony_reference(cert: x509.Certificate) -> str | None:
-    """The record entry hash a root certificate names, if it names exactly one."""
-    try:
-        policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
-    except x509.ExtensionNotFound:
-        return None
-    found = [
-        match.group(1)
-        for policy in policies
-        for qualifier in policy.policy_qualifiers or []
-        if isinstance(qualifier, str) and (match := _REFERENCE.fullmatch(qualifier))
-    ]
-    return found[0] if len(found) == 1 else None
 
 
 def verify_ceremony(directory: Path) -> CeremonyReport:

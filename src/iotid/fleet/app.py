@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -136,11 +135,8 @@ class FleetServices:
         )
 
 
-def create_fleet_app(
-    services: FleetServices, metrics: FleetMetrics | None = None, *, dispose: bool = False
-) -> FastAPI:
-    """The operator API over ``services``: every slice's router, errors, health, metrics."""
-    db = services.db
+def _base_app(db: Database, *, dispose: bool) -> FastAPI:
+    """The app every variant shares: metadata, error rendering, ``/healthz``."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -157,6 +153,21 @@ def create_fleet_app(
     setattr(app.state, DB_STATE_KEY, db)
     app.add_exception_handler(DomainError, _render_domain_error)
     app.add_exception_handler(RequestValidationError, _render_validation_error)
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    return app
+
+
+def create_fleet_app(
+    services: FleetServices, metrics: FleetMetrics | None = None, *, dispose: bool = False
+) -> FastAPI:
+    """The operator API over ``services``: every slice's router, errors, health, metrics."""
+    db = services.db
+    app = _base_app(db, dispose=dispose)
     for key, service, router in (
         (SERVICE_STATE_KEY, services.devices, devices_router),
         (ENROLLMENT_STATE_KEY, services.enrollment, enrollment_router),
@@ -170,11 +181,6 @@ def create_fleet_app(
     install_revocation(app, db, services.keys, service=services.revocation)
     if metrics is not None:
         metrics.install(app)
-
-    @app.get("/healthz", response_model=Health, tags=["operations"])
-    def healthz() -> Health:
-        """Liveness: the process answers."""
-        return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, tags=["operations"], responses={503: {}})
     def readyz() -> Health:
@@ -199,35 +205,13 @@ def create_app(
     With the fleet's ``keys``: every slice (:func:`create_fleet_app`). Without: the registry
     endpoints only (batch import, devices), for tools that hold no fleet keys.
     """
+    root = x509.load_pem_x509_certificate(issuance_root_pem)
+    if keys is not None and root != keys.root:
+        raise ValueError("the issuance root is not the fleet keys' root")
     db = Database(db_url)
     if keys is not None:
-        if keys.root.public_bytes(serialization.Encoding.PEM) != issuance_root_pem and (
-            x509.load_pem_x509_certificate(issuance_root_pem) != keys.root
-        ):
-            raise ValueError("the issuance root is not the fleet keys' root")
         return create_fleet_app(FleetServices.build(db, keys), dispose=True)
-    root = x509.load_pem_x509_certificate(issuance_root_pem)
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        db.dispose()
-
-    app = FastAPI(
-        title="iotid fleet operator API",
-        version="1",
-        openapi_url="/openapi.json",
-        lifespan=lifespan,
-    )
-    setattr(app.state, DB_STATE_KEY, db)
+    app = _base_app(db, dispose=True)
     setattr(app.state, SERVICE_STATE_KEY, DeviceService(db, root))
-    app.add_exception_handler(DomainError, _render_domain_error)
-    app.add_exception_handler(RequestValidationError, _render_validation_error)
     app.include_router(devices_router)
-
-    @app.get("/healthz", response_model=Health, tags=["operations"])
-    def healthz() -> Health:
-        """Liveness: the process answers."""
-        return Health(status="ok")
-
     return app

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from iotid.apdu import ApduError, ApduFormatError, parse_tlvs
+from iotid.crypto import identity_rule
 from iotid.host.errors import BadResponseError, HostError
 from iotid.host.protocol import SmartCardProtocol
 from iotid.spec import rotation as spec
@@ -92,23 +92,8 @@ def _spki(key: PublicKey) -> bytes:
 
 
 def _verify(key: PublicKey, signature: bytes, message: bytes) -> bool:
-    """The signature rule of ``iotid.spec.rotation``."""
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            name = spec.EC_HASH_BY_CURVE.get(key.curve.name)
-            if name is None:
-                return False
-            algorithm: hashes.HashAlgorithm = (
-                hashes.SHA384() if name == "sha384" else hashes.SHA256()
-            )
-            key.verify(signature, message, ec.ECDSA(algorithm))
-        else:
-            algorithm = hashes.SHA256()
-            pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size)
-            key.verify(signature, message, pss, algorithm)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    """The signature rule of ``iotid.spec.rotation`` (``iotid.crypto.identity_rule``)."""
+    return identity_rule.verify(key, signature, message)
 
 
 @dataclass(frozen=True)

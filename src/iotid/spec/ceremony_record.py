@@ -32,22 +32,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+
 from iotid.spec.canonical import CanonicalJsonError
 from iotid.spec.canonical import canonical_json as _canonical
 
 __all__ = [
+    "CPS_PREFIX",
     "CREATED",
     "FORMAT",
     "GENESIS_PREV",
     "Entry",
     "RecordError",
     "canonical_json",
+    "ceremony_reference",
     "entry_digest",
     "parse_lines",
     "parse_record",
 ]
 
 FORMAT = "iotid-ceremony-record/1"
+#: The root certificate names its ceremony record entry by hash in an anyPolicy CPS qualifier.
+CPS_PREFIX = "urn:iotid:ceremony:sha256:"
+_REFERENCE = re.compile(re.escape(CPS_PREFIX) + r"([0-9a-f]{64})")
 GENESIS_PREV = "0" * 64
 CREATED = "record.created"
 _FIELDS = frozenset({"seq", "time", "actors", "action", "details", "prev", "hash"})
@@ -214,3 +221,18 @@ def parse_record(data: bytes) -> list[Entry]:
     if not data:
         raise RecordError("the record is empty")
     return parse_lines(data, 1, None)
+
+
+def ceremony_reference(cert: x509.Certificate) -> str | None:
+    """The record entry hash a root certificate names (CPS qualifier), if it names exactly one."""
+    try:
+        policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
+    except x509.ExtensionNotFound:
+        return None
+    found = [
+        match.group(1)
+        for policy in policies
+        for qualifier in policy.policy_qualifiers or []
+        if isinstance(qualifier, str) and (match := _REFERENCE.fullmatch(qualifier))
+    ]
+    return found[0] if len(found) == 1 else None

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +51,8 @@ from iotid.fleet.enrollment.quote import (
 from iotid.fleet.enrollment.verdict import QuoteRefusedError
 from iotid.fleet.issuing import FleetKeys, certificate_sha256, serial_hex, uid_from_certificate
 from iotid.fleet.models import Batch, Certificate, Device, Enrollment
-from iotid.spec.ceremony_record import Entry, RecordError, parse_record
+from iotid.spec.ceremony_record import CPS_PREFIX as CEREMONY_CPS_PREFIX
+from iotid.spec.ceremony_record import Entry, RecordError, ceremony_reference, parse_record
 from iotid.spec.manifest import ManifestError, verify_manifest
 
 __all__ = [
@@ -72,8 +72,6 @@ __all__ = [
 ]
 
 #: How the root certificate names its ceremony record entry (``iotid.factory.ceremony``).
-CEREMONY_CPS_PREFIX = "urn:iotid:ceremony:sha256:"
-_REFERENCE = re.compile(re.escape(CEREMONY_CPS_PREFIX) + r"([0-9a-f]{64})")
 _ROOT_KEY_GENERATED = "root.key.generated"
 _ROOT_CERT_ISSUED = "root.certificate.issued"
 
@@ -322,21 +320,6 @@ def batch_link(batch: Batch, keys: FleetKeys) -> BatchLink:
 
 
 # -- 4. issuance root -----------------------------------------------------------------------------
-def ceremony_reference(cert: x509.Certificate) -> str | None:
-    """The ceremony record entry hash a root certificate names, if it names exactly one."""
-    try:
-        policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
-    except x509.ExtensionNotFound:
-        return None
-    found = [
-        match.group(1)
-        for policy in policies
-        for qualifier in policy.policy_qualifiers or []
-        if isinstance(qualifier, str) and (match := _REFERENCE.fullmatch(qualifier))
-    ]
-    return found[0] if len(found) == 1 else None
-
-
 def root_link(keys: FleetKeys) -> RootLink:
     root = keys.root
     reference = ceremony_reference(root)

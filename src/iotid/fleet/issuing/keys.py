@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from iotid.crypto import identity_rule
 from iotid.fleet.issuing.ca import IssuingCA
-from iotid.spec.rotation import EC_HASH_BY_CURVE
 
 __all__ = ["AuthoritySigner", "FleetKeys", "FleetKeysError", "create_fleet_keys"]
 
@@ -65,9 +65,7 @@ class AuthoritySigner:
         return self._key.public_key()
 
     def sign(self, tbs: bytes) -> bytes:
-        name = EC_HASH_BY_CURVE[self._key.curve.name]
-        digest = hashes.SHA384() if name == "sha384" else hashes.SHA256()
-        return self._key.sign(tbs, ec.ECDSA(digest))
+        return identity_rule.sign(self._key, tbs)
 
 
 @dataclass(frozen=True, repr=False)

@@ -33,10 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from iotid.crypto import identity_rule
 from iotid.fleet.enrollment.nonces import NonceState
 from iotid.fleet.enrollment.verdict import Verdict
 from iotid.fleet.enrollment.verifier import QuoteVerifier, RegistryCard
@@ -91,23 +92,8 @@ def load_spki(der: bytes) -> PublicKey:
 
 
 def verify_rule(key: PublicKey, signature: bytes, message: bytes) -> bool:
-    """The signature rule of ``iotid.spec.rotation``."""
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            name = spec.EC_HASH_BY_CURVE.get(key.curve.name)
-            if name is None:
-                return False
-            algorithm: hashes.HashAlgorithm = (
-                hashes.SHA384() if name == "sha384" else hashes.SHA256()
-            )
-            key.verify(signature, message, ec.ECDSA(algorithm))
-        else:
-            algorithm = hashes.SHA256()
-            pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size)
-            key.verify(signature, message, pss, algorithm)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    """The signature rule of ``iotid.spec.rotation`` (``iotid.crypto.identity_rule``)."""
+    return identity_rule.verify(key, signature, message)
 
 
 def check_proof(

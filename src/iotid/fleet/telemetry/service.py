@@ -18,17 +18,16 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from iotid.crypto import identity_rule
 from iotid.fleet.db import Database
 from iotid.fleet.devices.service import normalize_uid
 from iotid.fleet.errors import Conflict, Forbidden, InvalidInput, NotFound
 from iotid.fleet.gateway.routing import DeviceContext
 from iotid.fleet.models import DeviceState, Telemetry, utcnow
 from iotid.fleet.telemetry.repository import TelemetryRepository
-from iotid.spec.rotation import EC_HASH_BY_CURVE
 
 __all__ = [
     "MAX_LIST",
@@ -55,24 +54,7 @@ def verify_identity_signature(spki: bytes, message: bytes, signature: bytes) -> 
         key = serialization.load_der_public_key(spki)
     except (ValueError, UnsupportedAlgorithm):
         return False
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            name = EC_HASH_BY_CURVE.get(key.curve.name)
-            if name is None:
-                return False
-            key.verify(signature, message, ec.ECDSA(_HASHES[name]))
-        elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(
-                signature,
-                message,
-                padding.PSS(padding.MGF1(hashes.SHA256()), PSS_SALT),
-                hashes.SHA256(),
-            )
-        else:
-            return False
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return identity_rule.verify(key, signature, message)
 
 
 @dataclass(frozen=True)

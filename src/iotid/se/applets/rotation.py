@@ -23,12 +23,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from iotid.apdu import ApduError, CommandApdu, tlv
-from iotid.crypto import ecies
+from iotid.crypto import ecies, identity_rule
 from iotid.se.applet import Applet, ClaClass, handles
 from iotid.se.identity import ACTIVE_SLOT, IdentityStore
 from iotid.se.keystore import PublicKey
@@ -69,18 +68,8 @@ def _load_authority(der: bytes) -> PublicKey:
 
 
 def _verify(key: PublicKey, signature: bytes, message: bytes) -> bool:
-    """The signature rule of ``iotid.spec.rotation`` (ECDSA curve hash / RSA-PSS-SHA256)."""
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            algorithm = _hash(spec.EC_HASH_BY_CURVE[key.curve.name])
-            key.verify(signature, message, ec.ECDSA(algorithm))
-        else:
-            algorithm = _hash(spec.RSA_HASH)
-            pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size)
-            key.verify(signature, message, pss, algorithm)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    """The signature rule of ``iotid.spec.rotation`` (``iotid.crypto.identity_rule``)."""
+    return identity_rule.verify(key, signature, message)
 
 
 class RotationApplet(Applet):
