@@ -88,7 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="iotid-bench-enroll-") as tmp:
         console.print(f"making {args.devices} cards with the factory line ...")
         world = build_world(Path(tmp), {"bench": ("p256", args.devices)})
-        config = FleetConfig(world.fleet_dir, url, api_port=0, gateway_port=0)
+        # All devices enroll from one address: the per-client nonce rate limit is off here.
+        config = FleetConfig(world.fleet_dir, url, api_port=0, gateway_port=0, nonce_rate=0)
         runtime = FleetRuntime(config)
         running = runtime.run_in_thread()
         try:

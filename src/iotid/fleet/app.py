@@ -3,7 +3,8 @@
 Scope: :func:`create_app` builds a FastAPI app over one :class:`Database` and the issuance root
 the manifests are checked against; one handler renders every :class:`DomainError` as its status
 with ``{"error": code, "message": ...}``; request validation failures become 422 with the reason;
-``GET /healthz``; OpenAPI at ``/openapi.json``.
+``GET /healthz``; OpenAPI at ``/openapi.json``; the operator dashboard under ``/dashboard``
+(``iotid.fleet.dashboard``, not in the OpenAPI document) with ``/`` redirecting to it.
 
 Not in scope: migrations (run ``Database.upgrade`` / ``iotid fleet`` before serving), the server
 process (``iotid fleet serve``), the device gateway (its own mutual-TLS listener), logging setup.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from iotid.fleet.audit.api import SERVICE_STATE_KEY as AUDIT_STATE_KEY
 from iotid.fleet.audit.api import router as audit_router
@@ -34,6 +36,7 @@ from iotid.fleet.auth import DB_STATE_KEY
 from iotid.fleet.commands.api import SERVICE_STATE_KEY as COMMANDS_STATE_KEY
 from iotid.fleet.commands.api import router as commands_router
 from iotid.fleet.commands.service import CommandService
+from iotid.fleet.dashboard import install as install_dashboard
 from iotid.fleet.db import Database
 from iotid.fleet.devices.api import SERVICE_STATE_KEY
 from iotid.fleet.devices.api import router as devices_router
@@ -49,7 +52,10 @@ from iotid.fleet.issuing import CLIENT_CERT_LIFETIME, FleetKeys
 from iotid.fleet.metrics import FleetMetrics
 from iotid.fleet.models import utcnow
 from iotid.fleet.revocation.api import install as install_revocation
+from iotid.fleet.revocation.latency import RevocationLatency
 from iotid.fleet.revocation.service import RevocationService
+from iotid.fleet.rotation.api import SERVICE_STATE_KEY as ROTATION_STATE_KEY
+from iotid.fleet.rotation.api import router as rotation_router
 from iotid.fleet.rotation.service import RotationService
 from iotid.fleet.telemetry.api import SERVICE_STATE_KEY as TELEMETRY_STATE_KEY
 from iotid.fleet.telemetry.api import router as telemetry_router
@@ -91,6 +97,17 @@ def _render_validation_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _render_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    """The framework's own refusals (unknown path, wrong method, a body that is not JSON) in
+    the same ``{"error", "message"}`` shape as ours."""
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 (registered for it only)
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={"error": f"http.{exc.status_code}", "message": str(exc.detail)},
+        headers=exc.headers,
+    )
+
+
 @dataclass(frozen=True)
 class FleetServices:
     """Every slice's service of one fleet process, over one database and one set of keys."""
@@ -105,6 +122,8 @@ class FleetServices:
     commands: CommandService
     firmware: FirmwareService
     audit: AuditService
+    #: Revocations this process applied and how long each took (fed by the runtime's follower).
+    revocation_latency: RevocationLatency = field(default_factory=RevocationLatency)
 
     @classmethod
     def build(
@@ -153,6 +172,7 @@ def _base_app(db: Database, *, dispose: bool) -> FastAPI:
     setattr(app.state, DB_STATE_KEY, db)
     app.add_exception_handler(DomainError, _render_domain_error)
     app.add_exception_handler(RequestValidationError, _render_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _render_http_error)
 
     @app.get("/healthz", response_model=Health, tags=["operations"])
     def healthz() -> Health:
@@ -175,10 +195,12 @@ def create_fleet_app(
         (AUDIT_STATE_KEY, services.audit, audit_router),
         (TELEMETRY_STATE_KEY, services.telemetry, telemetry_router),
         (COMMANDS_STATE_KEY, services.commands, commands_router),
+        (ROTATION_STATE_KEY, services.rotation, rotation_router),
     ):
         setattr(app.state, key, service)
         app.include_router(router)
     install_revocation(app, db, services.keys, service=services.revocation)
+    install_dashboard(app, services)  # /dashboard (operator pages) and / -> /dashboard
     if metrics is not None:
         metrics.install(app)
 

@@ -5,7 +5,8 @@ process never collide) with
 
 - ``iotid_http_requests_total{face,method,route,status}`` and
   ``iotid_http_request_duration_seconds{face,route}``: every operator API request (``face="api"``,
-  by route template, never by raw path, so a UID is not a label) and gateway request
+  by route template, never by raw path, so a UID is not a label; "other" for a path no route
+  serves) and gateway request
   (``face="gateway"``);
 - ``iotid_gateway_connections`` (live mutual-TLS connections) and
   ``iotid_gateway_dropped_total`` (connections closed because of a revocation);
@@ -22,21 +23,26 @@ Not in scope: logging, tracing, alert rules.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from fastapi import FastAPI, Request, Response
+from fastapi.routing import iter_route_contexts
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.types import Scope
 
 from iotid.fleet.db import Database
 from iotid.fleet.models import AuditEntry, Device, RevocationEvent
 
-__all__ = ["FleetMetrics"]
+__all__ = ["UNMATCHED_ROUTE", "FleetMetrics"]
+
+#: The route label of a request no served route matched (bounded: never the raw path).
+UNMATCHED_ROUTE = "other"
 
 
 class _RegistryCollector(Collector):
@@ -105,11 +111,12 @@ class FleetMetrics:
             request: Request, call_next: Callable[[Request], Awaitable[Response]]
         ) -> Response:
             started = time.perf_counter()
+            route = _route_template(app.routes, request.scope)  # before the router changes it
             response = await call_next(request)
             self.observe(
                 "api",
                 request.method,
-                _route_template(app, request),
+                route,
                 response.status_code,
                 time.perf_counter() - started,
             )
@@ -120,9 +127,29 @@ class FleetMetrics:
             return Response(self.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _route_template(app: FastAPI, request: Request) -> str:
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "unmatched"
+def _route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The template of the route ``scope`` is dispatched to (``/v1/devices/{uid}``), or "other".
+
+    The routes are walked as the router walks them, flattened by FastAPI's
+    ``iter_route_contexts`` (an included router is one entry of ``app.routes`` whose routes carry
+    the include prefixes): the first full match, else the first partial one (answered 405). A
+    mounted application's routes are walked in turn under the mount's prefix; when none matches
+    the label is the mount's ``<prefix>/{path}``. A path no route serves is "other", so a client
+    cannot grow the label set by probing paths.
+    """
+    partial: str | None = None
+    for context in iter_route_contexts(routes):
+        match, child_scope = context.matches(scope)
+        template = context.path_format
+        if match is Match.FULL:
+            if not isinstance(template, str):
+                return UNMATCHED_ROUTE
+            route = context.original_route
+            if isinstance(route, Mount):
+                inner = _route_template(route.routes, {**scope, **child_scope})
+                if inner != UNMATCHED_ROUTE:
+                    return template.removesuffix("/{path}") + inner
+            return template
+        if match is Match.PARTIAL and partial is None and isinstance(template, str):
+            partial = template
+    return partial or UNMATCHED_ROUTE

@@ -17,8 +17,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from iotid.fleet.app import create_app
+from iotid.fleet.audit.service import AuditService
 from iotid.fleet.auth import NewToken, Role, create_token
 from iotid.fleet.db import Database
+from iotid.fleet.errors import InvalidInput
 from support.fleetworld import FleetWorld, build_world
 
 HOUR = dt.timedelta(hours=1)
@@ -94,3 +96,14 @@ def test_log_verify_and_trace(api: Api, world: FleetWorld) -> None:
     status, verify = api.get("/v1/audit/verify")
     assert status == 200 and (verify["ok"], verify["seq"]) == (False, 1)
     assert "edited" in verify["reason"]
+
+
+def test_control_characters_in_the_subject_filter_are_422(api: Api, world: FleetWorld) -> None:
+    # Regression (schemathesis, PostgreSQL): a NUL in ``subject`` reached the query and the
+    # driver refused it with a 500. Now the request is refused before the database.
+    for subject in ("\x00", "batch:\x00audapi", "batch:audapi\n", "\x7f"):
+        status, body = api.get("/v1/audit", subject=subject)
+        assert status == 422, (subject, body)
+        assert body["error"] == "request.invalid"
+    with pytest.raises(InvalidInput, match="printable"):
+        AuditService(api.db, world.keys).entries(subject="device:\x00")

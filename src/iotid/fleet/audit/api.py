@@ -106,7 +106,9 @@ class TraceOut(BaseModel):
 def list_audit(
     _principal: Reader,
     service: Service,
-    subject: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    subject: Annotated[
+        str | None, Query(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
+    ] = None,
     action: Annotated[
         str | None, Query(max_length=64, pattern=r"^[a-z0-9][a-z0-9_]*(\.[a-z0-9][a-z0-9_]*)*$")
     ] = None,

@@ -127,8 +127,10 @@ class AuditService:
             raise InvalidInput("page.bad_cursor", "after_seq is a sequence number (>= 0)")
         if action is not None and (_ACTION.fullmatch(action) is None or len(action) > 64):
             raise InvalidInput("audit.bad_action", "an action is lower-case dotted words")
-        if subject is not None and not 1 <= len(subject) <= 256:
-            raise InvalidInput("audit.bad_subject", "a subject is 1 to 256 characters")
+        if subject is not None and not (1 <= len(subject) <= 256 and subject.isprintable()):
+            # isprintable: no NUL or other control character reaches the database (PostgreSQL
+            # refuses NUL in text; no subject contains one).
+            raise InvalidInput("audit.bad_subject", "a subject is 1 to 256 printable characters")
         with self._db.transaction(write=False) as session:
             rows = AuditRepository(session).entries(
                 subject=subject, action=action, after_seq=after_seq, limit=limit + 1

@@ -7,8 +7,14 @@ refusal is rendered by the app's DomainError handler as 422/403 ``{"error":
 "enrollment.refused", "reason", "message"}``. The service is held in ``app.state`` under
 :data:`SERVICE_STATE_KEY`. Base64 is transport encoding, decoded strictly here.
 
-Not in scope: the rules (``service``), rendering errors (the app), rate limiting the unauthenticated
-nonce endpoint (a proxy in front), the device gateway's renewal (``gateway``).
+The token-free nonce endpoint is rate limited per client address in process
+(:mod:`iotid.fleet.ratelimit`, default 50/s with a burst of 100): beyond it, 429 with
+``Retry-After`` and ``{"error": "enrollment.rate_limited", "message", "retry_after"}``. The
+limiter lives in ``app.state`` under :data:`NONCE_LIMITER_STATE_KEY`; :func:`install_nonce_limit`
+sets it (configuration, an off switch for benches), otherwise the default is made on first use.
+
+Not in scope: the rules (``service``), rendering errors (the app), a limit shared by several fleet
+processes (a proxy in front), the device gateway's renewal (``gateway``).
 """
 
 from __future__ import annotations
@@ -16,27 +22,36 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import threading
+import time
+from collections.abc import Callable
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from iotid.fleet.enrollment.quote import MAX_QUOTE_LEN
 from iotid.fleet.enrollment.service import EnrollmentResult, EnrollmentService
 from iotid.fleet.errors import InvalidInput
+from iotid.fleet.ratelimit import RateLimit, TokenBucketLimiter
 
 __all__ = [
+    "NONCE_LIMITER_STATE_KEY",
     "SERVICE_STATE_KEY",
     "EnrollmentOut",
     "EnrollRequest",
     "NonceOut",
     "decode_quote_b64",
     "enrollment_body",
+    "install_nonce_limit",
     "router",
 ]
 
 #: ``app.state`` attribute holding the :class:`EnrollmentService`.
 SERVICE_STATE_KEY = "enrollment_service"
+#: ``app.state`` attribute holding the nonce endpoint's :class:`TokenBucketLimiter`.
+NONCE_LIMITER_STATE_KEY = "enrollment_nonce_limiter"
 #: Largest base64 text of a quote.
 MAX_QUOTE_B64 = 4 * ((MAX_QUOTE_LEN + 2) // 3)
 
@@ -48,6 +63,29 @@ def _service(request: Request) -> EnrollmentService:
 
 
 Service = Annotated[EnrollmentService, Depends(_service)]
+_default_limiter_lock = threading.Lock()
+
+
+def install_nonce_limit(
+    app: FastAPI, limit: RateLimit | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> TokenBucketLimiter:
+    """Rate limit ``POST /v1/enrollment/nonce`` of ``app`` per client address (``limit``)."""
+    limiter = TokenBucketLimiter(limit, clock=clock)
+    setattr(app.state, NONCE_LIMITER_STATE_KEY, limiter)
+    return limiter
+
+
+def _nonce_limiter(request: Request) -> TokenBucketLimiter:
+    limiter = getattr(request.app.state, NONCE_LIMITER_STATE_KEY, None)
+    if limiter is None:
+        with _default_limiter_lock:
+            limiter = getattr(request.app.state, NONCE_LIMITER_STATE_KEY, None)
+            if limiter is None:
+                limiter = install_nonce_limit(request.app)
+    return cast(TokenBucketLimiter, limiter)
+
+
+NonceLimiter = Annotated[TokenBucketLimiter, Depends(_nonce_limiter)]
 
 
 class NonceOut(BaseModel):
@@ -63,6 +101,12 @@ class EnrollRequest(BaseModel):
         max_length=MAX_QUOTE_B64,
         description="The attestation quote (tagged COSE_Sign1), standard base64",
     )
+
+
+class RateLimitedOut(BaseModel):
+    error: str = Field(description='"enrollment.rate_limited"')
+    message: str
+    retry_after: int = Field(description="Seconds to wait, as in the Retry-After header")
 
 
 class EnrollmentOut(BaseModel):
@@ -104,9 +148,40 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.post("/nonce", response_model=NonceOut, status_code=status.HTTP_201_CREATED)
-def new_nonce(service: Service) -> NonceOut:
-    """A fresh single-use enrollment nonce (no token)."""
+_RATE_LIMITED: dict[int | str, dict[str, object]] = {
+    429: {
+        "description": "Too many nonce requests from this client address",
+        "model": RateLimitedOut,
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds before a new request can succeed",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
+}
+
+
+@router.post(
+    "/nonce",
+    response_model=NonceOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=_RATE_LIMITED,
+)
+def new_nonce(request: Request, service: Service, limiter: NonceLimiter) -> NonceOut | JSONResponse:
+    """A fresh single-use enrollment nonce (no token; rate limited per client address)."""
+    decision = limiter.take(request.client.host if request.client else "unknown")
+    if not decision.allowed:
+        wait = decision.retry_after_header
+        return JSONResponse(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            content={
+                "error": "enrollment.rate_limited",
+                "message": f"too many enrollment nonce requests; retry after {wait} s",
+                "retry_after": int(wait),
+            },
+            headers={"Retry-After": wait},
+        )
     nonce, expires_at = service.new_nonce()
     return NonceOut(nonce=base64.b64encode(nonce).decode("ascii"), expires_at=expires_at)
 

@@ -54,6 +54,7 @@ from iotid.fleet.enrollment.repository import EnrollmentRepository
 from iotid.fleet.enrollment.verdict import QuoteRefusedError, Reason, Verdict
 from iotid.fleet.enrollment.verifier import QuoteVerifier, RegistryCard
 from iotid.fleet.errors import DomainError, InvalidInput
+from iotid.fleet.faults import crash_point
 from iotid.fleet.issuing import (
     CLIENT_CERT_LIFETIME,
     FleetKeys,
@@ -205,7 +206,9 @@ class EnrollmentService:
     # -- enrollment and renewal --------------------------------------------------------------------
     def enroll(self, quote: bytes) -> EnrollmentResult:
         """Verify ``quote`` (answering an enrollment nonce) and issue a client certificate."""
-        return self._issue(quote, self._enroll_nonces, caller=None)
+        result = self._issue(quote, self._enroll_nonces, caller=None)
+        crash_point("enroll.after_commit")  # committed; the certificate not yet sent
+        return result
 
     def renew(self, uid: str, quote: bytes) -> EnrollmentResult:
         """Certificate renewal for the authenticated device ``uid``: ``quote`` must be that
@@ -374,6 +377,7 @@ class EnrollmentService:
             },
             now=now,
         )
+        crash_point("enroll.before_commit")  # every change made, nothing committed
         return EnrollmentResult(
             uid=uid,
             epoch=epoch,
