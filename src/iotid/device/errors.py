@@ -3,8 +3,8 @@
 Scope: :class:`FleetError` and its subclasses, the typed outcomes of a call to the fleet:
 :class:`FleetRefused` (a 4xx with the fleet's ``{"error", "message"[, "reason"]}``),
 :class:`FleetUnavailable` (5xx, connection failures, timeouts: worth retrying later),
-:class:`DeviceRevoked` (the gateway refused the handshake or the fleet said "revoked": stop, do
-not retry), :class:`GatewayUntrusted` (the gateway's certificate did not validate: a security
+:class:`DeviceRevoked` (the fleet said ``device.revoked`` / ``batch.revoked``: stop, do not
+retry), :class:`GatewayUntrusted` (the gateway's certificate did not validate: a security
 failure, never retried) and :class:`DeviceStateError` (the device is not in a state for the call,
 e.g. not enrolled yet).
 Not in scope: deciding what to retry (:mod:`iotid.device.http`), the card's own errors (the host
@@ -49,7 +49,7 @@ class FleetUnavailable(FleetError):  # noqa: N818 - the fleet's vocabulary
 
 
 class DeviceRevoked(FleetError):  # noqa: N818 - the fleet's vocabulary
-    """The gateway refused this device's certificate, or the fleet said it is revoked.
+    """The fleet said this device (or its batch) is revoked, over an authenticated channel.
     Terminal: the client stops calling the gateway (no retry storm)."""
 
 

@@ -9,13 +9,14 @@ URLs of the operator API) and :func:`mtls_connector` (the device gateway, via
 
 Mapping: 2xx -> the JSON body (or bytes, or streamed to a file); 4xx -> :class:`FleetRefused`
 (429 -> :class:`FleetUnavailable`); 5xx, I/O failures and timeouts -> :class:`FleetUnavailable`;
-a handshake the gateway refuses twice in a row (a TLS alert or the connection cut during the
-handshake or on the first exchange of a fresh connection: in TLS 1.3 the server judges the client
-certificate after the client's handshake has ended; one refusal may be a glitch and is retried
-once, the request never reached the application) or an error code naming "revoked" ->
-:class:`DeviceRevoked`, after which the channel refuses every further call without touching the
-network; a gateway certificate that does
-not validate -> :class:`GatewayUntrusted`.
+the error codes ``device.revoked`` and ``batch.revoked`` (answered by the gateway over the
+server-authenticated channel) -> :class:`DeviceRevoked`, after which the channel refuses every
+further call without touching the network. A connection cut during or right after the handshake
+(in TLS 1.3 the server judges the client certificate after the client's handshake has ended) is
+never taken as a revocation: a crashing or restarting fleet cuts connections too; it is
+:class:`FleetUnavailable` (unsent, so retried). An SE that fails during the handshake surfaces
+as its own ``TransportError``. A gateway certificate that does not validate ->
+:class:`GatewayUntrusted`.
 
 Not in scope: the endpoints and their meaning (:mod:`iotid.device.fleetclient`,
 :mod:`iotid.device.gateway`), TLS itself (:mod:`iotid.host.tls`), HTTP/2, proxies, redirects.
@@ -45,6 +46,7 @@ from iotid.device.errors import (
     GatewayUntrusted,
 )
 from iotid.host.tls import DigestSigner, TlsError, TlsHandshakeError, TlsVerificationError, connect
+from iotid.transport.base import TransportError
 
 __all__ = [
     "Connector",
@@ -61,7 +63,8 @@ log = logging.getLogger(__name__)
 Connector = Callable[[], http.client.HTTPConnection]
 
 _CHUNK = 64 * 1024
-_REFUSALS_MEANING_REVOKED = 2
+#: Error codes that mean the device itself is revoked (final).
+REVOKED_CODES = frozenset({"device.revoked", "batch.revoked"})
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,6 @@ class JsonChannel:
         self._name = name
         self._conn: http.client.HTTPConnection | None = None
         self._fresh = False
-        self._refusals = 0
         self._mtls = mtls
         self.revoked = False
 
@@ -236,21 +238,15 @@ class JsonChannel:
                 log.info("%s %s %s unavailable (%s); retrying", self._name, method, path, exc)
                 self._sleep(delay)
             else:
-                self._refusals = 0
                 return result
 
     # -- one attempt -----------------------------------------------------------------------------
     def _refused(self, what: str) -> FleetError:
-        """The gateway refused our certificate (alert, or the connection cut during or right
-        after the handshake). Twice in a row: revoked, and the channel stops for good."""
+        """The gateway cut the connection during or right after the handshake (an alert on
+        our certificate, or a restart). Never a revocation (the gateway says that in words,
+        ``device.revoked``); the request never reached the application, so it may be retried."""
         self.close()
-        self._refusals += 1
-        if self._refusals >= _REFUSALS_MEANING_REVOKED:
-            self.revoked = True
-            return DeviceRevoked(f"{self._name} refused this device: {what}")
-        err = FleetUnavailable(f"{self._name} refused the connection: {what}")
-        err.unsent = True  # type: ignore[attr-defined]
-        return err
+        return _unsent(f"{self._name} cut the connection at the handshake: {what}")
 
     def _ensure(self) -> http.client.HTTPConnection:
         if self.revoked:
@@ -263,6 +259,11 @@ class JsonChannel:
         except TlsVerificationError as exc:
             raise GatewayUntrusted(f"{self._name}: {exc}") from None
         except TlsHandshakeError as exc:
+            card_error = _card_error(exc)
+            if card_error is not None:
+                # The SE failed during the handshake (card pulled, bus down): the card's
+                # error, not the gateway's verdict on us.
+                raise card_error from None
             if _unreachable(exc):
                 raise _unsent(f"{self._name}: {exc}") from None
             raise self._refused(str(exc)) from None
@@ -333,7 +334,7 @@ class JsonChannel:
             err = FleetUnavailable(f"{self._name}: {status} {code}: {message}", status)
             err.retry_after = _retry_after(resp.getheader("Retry-After"))  # type: ignore[attr-defined]
             raise err
-        if "revoked" in code:  # "device.revoked", "certificate.revoked", ...
+        if code in REVOKED_CODES:
             self.revoked = True
             self.close()
             raise DeviceRevoked(f"{self._name}: {code}: {message}")
@@ -344,6 +345,18 @@ def _unsent(message: str) -> FleetUnavailable:
     err = FleetUnavailable(message)
     err.unsent = True  # type: ignore[attr-defined]
     return err
+
+
+def _card_error(exc: BaseException) -> TransportError | None:
+    """The SE's transport error behind a failed handshake, if that is what failed."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, TransportError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _unreachable(exc: TlsHandshakeError) -> bool:

@@ -253,3 +253,22 @@ def test_parse_address_rejects(bad: str) -> None:
 def test_bad_fleet_url() -> None:
     with pytest.raises(ValueError):
         plain_connector("ftp://x")
+
+
+def test_card_failing_during_the_handshake_is_not_a_refusal() -> None:
+    """A pulled SE during the mTLS handshake surfaces as the card's TransportError, never as the
+    gateway refusing us: repeated, it must not mark the device revoked."""
+    from iotid.host.tls_keys import TlsHandshakeError  # noqa: PLC0415
+    from iotid.transport.base import TransportError  # noqa: PLC0415
+
+    def connector() -> Any:
+        try:
+            raise TransportError("reader removed")
+        except TransportError as cause:
+            raise TlsHandshakeError("handshake failed: the signer raised") from cause
+
+    channel = JsonChannel(connector, name="gateway", mtls=True, retry=RetryPolicy(attempts=1))
+    for _ in range(3):
+        with pytest.raises(TransportError, match="reader removed"):
+            channel.get("/v1/device/whoami")
+    assert not channel.revoked

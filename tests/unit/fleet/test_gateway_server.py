@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import json
 import logging
 import socket
 import ssl
@@ -138,12 +139,32 @@ def _state(db: Database, uid: str) -> tuple[DeviceState, dt.datetime | None]:
     return DeviceState(row.state), row.last_seen_at
 
 
-def _refused(conn: http.client.HTTPConnection, path: str = WHOAMI) -> bool:
+def _cut(conn: http.client.HTTPConnection, path: str = WHOAMI) -> bool:
+    """The connection is closed without an answer."""
+    conn.auto_open = 0  # type: ignore[attr-defined]  # no silent reconnect by http.client
     try:
         status, _ = request(conn, "GET", path)
     except (OSError, http.client.HTTPException):
         return True
-    return status >= 500  # never: a refused device gets no response at all
+    return status >= 500  # never: a cut connection gets no response at all
+
+
+def _revoked_answer(conn: http.client.HTTPConnection) -> str:
+    """The error code of the closing 403 a revoked device or certificate gets."""
+    conn.request("GET", WHOAMI)
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    assert response.status == 403
+    assert response.getheader("connection") == "close"
+    return str(body["error"])
+
+
+def _refused(conn: http.client.HTTPConnection) -> bool:
+    """Cut, or (on a fresh connection) answered 403 revoked."""
+    try:
+        return _revoked_answer(conn) in ("device.revoked", "certificate.revoked")
+    except (OSError, http.client.HTTPException):
+        return True
 
 
 def test_whoami_activates_and_keeps_alive(gateway: Gateway) -> None:
@@ -199,18 +220,33 @@ def test_unregistered_and_retired_devices_are_forbidden(gateway: Gateway) -> Non
     assert request(gateway.client(uid), "GET", WHOAMI)[0] == 403
 
 
-def test_revoked_at_handshake_and_before_each_request(gateway: Gateway) -> None:
+def test_revoked_device_is_told_so_on_its_first_and_every_request(gateway: Gateway) -> None:
     uid = _uid(gateway.world)
     gateway.revoked.uids.add(uid)
-    assert _refused(gateway.client(uid))
+    # A new connection: the device is told, in words, over the authenticated channel, and the
+    # connection closes (it never has to guess its revocation from a cut connection).
+    assert _revoked_answer(gateway.client(uid)) == "device.revoked"
     gateway.revoked.uids.clear()
     conn = gateway.client(uid)
     assert request(conn, "GET", WHOAMI)[0] == 200
     gateway.revoked.uids.add(uid)  # no drop: the per-request check alone refuses
-    assert _refused(conn)
+    assert _revoked_answer(conn) == "device.revoked"
+    assert _cut(conn)  # and the connection is closed after the answer
     gateway.revoked.uids.clear()
-    gateway.revoked.fail = True  # an index that cannot answer fails closed
-    assert _refused(gateway.client(uid))
+
+
+def test_revoked_certificate_of_a_good_device_is_certificate_revoked(gateway: Gateway) -> None:
+    uid = _uid(gateway.world)
+    key, cert = software_device(gateway.world.keys, uid)
+    gateway.revoked.serials.add(serial_hex(cert.serial_number))
+    context = client_context(gateway.world.keys, gateway.tmp / "rc", key, [cert])
+    assert _revoked_answer(https(gateway.running.port, context)) == "certificate.revoked"
+
+
+def test_an_index_that_cannot_answer_cuts_but_never_says_revoked(gateway: Gateway) -> None:
+    uid = _uid(gateway.world)
+    gateway.revoked.fail = True  # fail closed, without a false "revoked"
+    assert _cut(gateway.client(uid))
 
 
 @pytest.mark.parametrize("by", ["uid", "serial"])
@@ -240,7 +276,7 @@ def test_drop_closes_live_keepalive_connections(gateway: Gateway, by: str) -> No
     assert gateway.server.live_connections() == 1
     assert time.monotonic() - start < 1.0
     for conn in victims:
-        assert _refused(conn)
+        assert _cut(conn)
     assert request(survivor, "GET", WHOAMI)[0] == 200
 
 

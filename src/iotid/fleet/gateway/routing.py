@@ -71,10 +71,13 @@ class GatewayResponse:
     status: int = 200
     body: bytes = b""
     content_type: str = "application/json"
+    #: Close the connection after this response (``Connection: close``).
+    close: bool = False
 
     @classmethod
-    def of_json(cls, value: Any, status: int = 200) -> GatewayResponse:
-        return cls(status, json.dumps(value, separators=(",", ":")).encode(), "application/json")
+    def of_json(cls, value: Any, status: int = 200, *, close: bool = False) -> GatewayResponse:
+        body = json.dumps(value, separators=(",", ":")).encode()
+        return cls(status, body, "application/json", close)
 
     @classmethod
     def of_bytes(

@@ -8,8 +8,12 @@ Scope: :class:`GatewayServer`.
   from the issuance root's other branches, e.g. a batch CA's attestation certificate, never
   verifies). After the handshake the leaf is checked again with ``cryptography`` (directly
   issued by the issuing CA) and must name exactly one device (SAN URI,
-  ``uid_from_certificate``); ``is_revoked(uid, serial)`` is asked at the handshake and before
-  every request. A refused connection is closed without a response.
+  ``uid_from_certificate``). A connection that fails any of this is closed without a response.
+- Revocation: ``is_revoked(uid, serial)`` is asked before every request. A revoked device (or a
+  revoked certificate of a device) gets 403 ``device.revoked`` (``certificate.revoked``) with
+  ``Connection: close``: an answer over the server-authenticated channel, so the device never
+  has to guess its revocation from a cut connection (a crashing fleet cuts connections too). If
+  the index cannot answer, the connection is cut (fail closed, but never a false "revoked").
 - HTTP: one ``h11.Connection`` per TLS connection; request bodies over ``max_body`` -> 413;
   ``idle_timeout`` between and within requests; handlers (``Routes``) are synchronous and run
   in a bounded thread pool; a ``DomainError`` becomes its status with ``{"error", "message"}``,
@@ -62,8 +66,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: ``is_revoked(uid, serial)``: uid upper-case hex, serial lower-case hex (registry spelling).
-IsRevoked = Callable[[str, str], bool]
+#: ``is_revoked(uid, serial)``: uid upper-case hex, serial lower-case hex (registry spelling);
+#: ``serial`` None asks about the device alone.
+IsRevoked = Callable[[str, str | None], bool]
 OnConnect = Callable[[DeviceContext], None]
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
@@ -256,9 +261,8 @@ class GatewayServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ctx = self._identify(writer)
-        loop = asyncio.get_running_loop()
-        if ctx is None or await loop.run_in_executor(self._pool, self._revoked, ctx):
-            _log.info("gateway refused a connection (%s)", "no device" if ctx is None else ctx)
+        if ctx is None:
+            _log.info("gateway refused a connection (no device)")
             writer.transport.abort()
             return
         conn = _Conn(ctx, writer.transport, asyncio.current_task())
@@ -276,12 +280,17 @@ class GatewayServer:
             else:
                 await _close(writer)
 
-    def _revoked(self, ctx: DeviceContext) -> bool:
-        try:
-            return bool(self._is_revoked(ctx.uid, ctx.serial))
-        except Exception:
-            _log.exception("revocation check failed; refusing %s", ctx.uid)
-            return True  # fail closed
+    def _revocation(self, ctx: DeviceContext) -> GatewayResponse | None:
+        """403 ``device.revoked`` / ``certificate.revoked`` (closing), or None when neither.
+        Raises when the index cannot answer (the caller cuts the connection)."""
+        if self._is_revoked(ctx.uid, None):
+            code, message = "device.revoked", "this device is revoked"
+        elif self._is_revoked(ctx.uid, ctx.serial):
+            code, message = "certificate.revoked", "this certificate is revoked"
+        else:
+            return None
+        _log.info("gateway refused %s: %s", ctx.uid, code)
+        return GatewayResponse.of_json({"error": code, "message": message}, 403, close=True)
 
     async def _http(
         self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -347,7 +356,7 @@ class GatewayServer:
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),
         ]
-        if response.status in (400, 413, 431):
+        if response.close or response.status in (400, 413, 431):
             headers.append(("connection", "close"))
         try:
             data = http.send(h11.Response(status_code=response.status, headers=headers))
@@ -362,8 +371,15 @@ class GatewayServer:
     def _handle(self, conn: _Conn, request: GatewayRequest) -> GatewayResponse | None:
         """Revocation, first-request hook, presence, then the route; None closes the connection."""
         ctx = conn.ctx
-        if conn.dropped or self._revoked(ctx):
+        if conn.dropped:
             return None
+        try:
+            refusal = self._revocation(ctx)
+        except Exception:
+            _log.exception("revocation check failed; cutting %s", ctx.uid)
+            return None  # fail closed
+        if refusal is not None:
+            return refusal
         try:
             if conn.first:
                 conn.first = False
