@@ -336,7 +336,7 @@ def test_concurrent_migrations(schema_url: URL) -> None:
         jobs: list[Callable[[], None]] = [db.upgrade for db in dbs]
         results = _run_all(jobs)
         assert results == [None, None, None]
-        assert {db.current_revision() for db in dbs} == {"0003"}
+        assert {db.current_revision() for db in dbs} == {"0004"}
         with dbs[0].connection(write=False) as conn:
             triggers = set(
                 conn.execute(

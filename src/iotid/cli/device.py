@@ -3,13 +3,17 @@
 Scope: thin wrappers over the host shim's sessions; SE is a card state directory or
 ``pcsc:READER``. Outputs are scriptable (PEM, JSON, files); errors are one line on stderr with
 exit status 2 (``verify-firmware``: 0 valid, 1 invalid, 2 error). Never prints key material.
+``iotid device run`` runs the device application (``iotid.device.app``) until Ctrl-C, one line
+per cycle: exit 0 on a clean stop, 3 when the fleet revoked the device, 1 when it failed.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -20,11 +24,11 @@ from cryptography.hazmat.primitives import serialization
 
 from iotid.apdu import ApduError
 from iotid.connect import TargetError, open_connection
-from iotid.device import FleetClient, FleetError
+from iotid.device import DeviceApp, DeviceConfig, DeviceState, DeviceStatus, FleetClient, FleetError
 from iotid.host.errors import HostError
 from iotid.host.secureelement import SecureElement
 from iotid.host.tls import connect
-from iotid.transport.base import TransportError
+from iotid.transport.base import CardRemovedError, TransportError
 
 device_app = typer.Typer(
     no_args_is_help=True, help="The device side: provision, attest, mTLS, firmware, rotation."
@@ -338,6 +342,95 @@ def telemetry(
     ):
         reading = gw.send_telemetry(payload)
     typer.echo(json.dumps({"id": reading}))
+
+
+#: ``iotid device run`` exit status when the fleet revoked the device.
+EXIT_REVOKED = 3
+
+
+def _opener(target: str) -> Callable[[], SecureElement]:
+    """``open_se`` for the device application: a card directory that is gone, or a reader
+    without a card, is a removed SE (the application retries with backoff)."""
+
+    def open_se() -> SecureElement:
+        try:
+            return SecureElement(open_connection(target))
+        except TargetError as exc:
+            raise CardRemovedError(str(exc)) from None
+
+    return open_se
+
+
+@device_app.command()
+def run(
+    se: SeOption,
+    fleet: FleetOption,
+    gateway: Annotated[
+        str | None, typer.Option(help="Device gateway HOST:PORT (default: the remembered one).")
+    ] = None,
+    state_dir: StateDirOption = None,
+    ca: Annotated[
+        Path | None, typer.Option(help="CA bundle (PEM) for an https:// fleet URL.")
+    ] = None,
+    interval: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between cycles (telemetry interval).")
+    ] = 5.0,
+    cycles: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many cycles (default: run on).")
+    ] = None,
+) -> None:
+    """Run the device application: boot (provision, enroll), then telemetry, commands,
+    firmware and scheduled rotation every INTERVAL seconds, until Ctrl-C. Exit 0 on a clean
+    stop, 3 when the fleet revoked the device, 1 when it failed."""
+    from rich.console import Console  # noqa: PLC0415 - only the printing commands need rich
+
+    ca_pem = _read(ca) if ca is not None else None
+    directory = _state_dir(se, state_dir)
+    address = gateway or DeviceState(directory).gateway
+    if address is None:
+        raise _fail("--gateway HOST:PORT is required on the first run")
+    if not se.startswith("pcsc:"):
+        try:
+            open_connection(se).close()
+        except _ERRORS as exc:
+            raise _fail(str(exc)) from None
+    out = Console(highlight=False)
+    try:
+        app = DeviceApp(
+            _opener(se),
+            fleet,
+            gateway=address,
+            state_dir=directory,
+            ca_pem=ca_pem,
+            config=DeviceConfig(telemetry_interval=interval),
+        )
+    except _ERRORS as exc:
+        raise _fail(str(exc)) from None
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
+    style = {True: "green", False: "yellow"}
+    try:
+        summary = app.run(
+            stop,
+            cycles=cycles,
+            on_cycle=lambda r: out.print(f"[{style[r.ok]}]{r.line()}[/]", markup=True),
+        )
+    finally:
+        app.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    out.print(
+        f"[bold]{app.uid or '?'}[/] {summary.status.value}: {summary.cycles} cycle(s), "
+        f"{summary.telemetry} reading(s), {summary.commands} command(s), "
+        f"{summary.firmware_applied} firmware update(s), {summary.rotations} rotation(s)"
+    )
+    if summary.status is DeviceStatus.REVOKED:
+        out.print("[bold red]revoked by the fleet: stopped[/]")
+        raise typer.Exit(EXIT_REVOKED)
+    if summary.status is DeviceStatus.FAILED:
+        raise typer.Exit(1)
 
 
 def _hex(text: str, name: str) -> bytes:

@@ -1,14 +1,18 @@
-"""The host-MCU application's side of the fleet: enroll, then talk to the gateway.
+"""The host-MCU application and its side of the fleet.
 
-Scope: :class:`FleetClient` (enrollment over the operator API, gateway sessions over mutual TLS
-with the key in the SE), :class:`GatewaySession` (whoami, telemetry, commands, firmware,
-certificate renewal, key rotation), the typed errors and the retry policy. Uses the host shim
-(``iotid.host``) and never the card emulator or the fleet (import-linter contract).
+Scope: :class:`DeviceApp` (the device application: boot, provision, enroll, telemetry,
+commands, firmware, rotation on the operator's schedule, revocation and SE outages handled),
+:class:`Swarm` (many devices in one process), :class:`FleetClient` (enrollment over the
+operator API, gateway sessions over mutual TLS with the key in the SE),
+:class:`GatewaySession` (whoami, telemetry, commands, firmware, certificate renewal, key
+rotation), the typed errors and the retry policy. Uses the host shim (``iotid.host``) and never
+the card emulator or the fleet (import-linter contract).
 Not in scope: choosing the secure element (``iotid.connect`` / the CLI), the fleet itself.
 """
 
 from __future__ import annotations
 
+from iotid.device.app import DeviceApp
 from iotid.device.errors import (
     DeviceRevoked,
     DeviceStateError,
@@ -27,13 +31,27 @@ from iotid.device.gateway import (
 )
 from iotid.device.http import JsonChannel, RetryPolicy
 from iotid.device.issued import EnrollmentInfo
+from iotid.device.outcomes import (
+    BootReport,
+    CycleReport,
+    DeviceConfig,
+    DeviceStatus,
+    RunSummary,
+    SecureElementUnavailable,
+)
 from iotid.device.state import DeviceState
+from iotid.device.swarm import PhaseResult, Swarm
 
 __all__ = [
+    "BootReport",
     "Command",
+    "CycleReport",
+    "DeviceApp",
+    "DeviceConfig",
     "DeviceRevoked",
     "DeviceState",
     "DeviceStateError",
+    "DeviceStatus",
     "EnrollmentInfo",
     "FirmwareOutcome",
     "FirmwareRelease",
@@ -44,6 +62,10 @@ __all__ = [
     "GatewaySession",
     "GatewayUntrusted",
     "JsonChannel",
+    "PhaseResult",
     "RetryPolicy",
+    "RunSummary",
+    "SecureElementUnavailable",
+    "Swarm",
     "WhoAmI",
 ]

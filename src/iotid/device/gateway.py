@@ -50,10 +50,14 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 @dataclass(frozen=True)
 class WhoAmI:
+    """The gateway's view of this device. ``rotation_due``: the operator scheduled a rotation of
+    its identity key (False when the fleet does not say)."""
+
     uid: str
     state: str
     epoch: int
     certificate_not_after: str
+    rotation_due: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class GatewaySession:
             state=str(a.get("state")),
             epoch=int(a.get("epoch") or 0),
             certificate_not_after=str(a.get("certificate_not_after")),
+            rotation_due=a.get("rotation_due") is True,
         )
 
     # -- telemetry -------------------------------------------------------------------------------
@@ -217,11 +222,7 @@ class GatewaySession:
         if base is None:
             raise DeviceStateError("no directory to stage the firmware image in")
         image = self.download_firmware(release, base / "firmware" / f"{release.name}.img")
-        signature = None
-        if release.kind != "mcuboot":
-            signature = self.call(
-                "GET", f"/v1/device/firmware/{release.name}/signature", idempotent=True, raw=True
-            )
+        signature = self.firmware_signature(release)
         verdict = self.se.verify_firmware(image, signature=signature)
         if not verdict.valid:
             log.warning("firmware %s refused by the SE: %s", release.name, verdict.reason)
@@ -237,9 +238,21 @@ class GatewaySession:
         self._report(release.version, "applied")
         return FirmwareOutcome(release, verdict, applied=True)
 
-    def _report(self, version: str, verdict: str) -> None:
+    def firmware_signature(self, release: FirmwareRelease) -> bytes | None:
+        """The detached signature of a raw release (None for an MCUboot image: it carries its
+        own)."""
+        if release.kind == "mcuboot":
+            return None
+        path = f"/v1/device/firmware/{release.name}/signature"
+        signature: bytes = self.call("GET", path, idempotent=True, raw=True)
+        return signature
+
+    def report_firmware(self, version: str, verdict: str) -> None:
+        """Tell the fleet the outcome for ``version``: ``valid``, ``invalid`` or ``applied``."""
         body = {"version": version, "verdict": verdict}
         self.call("POST", "/v1/device/firmware/report", body, idempotent=True)
+
+    _report = report_firmware
 
     # -- certificates ----------------------------------------------------------------------------
     def renew_certificate(self) -> EnrollmentInfo:

@@ -52,7 +52,7 @@ TABLES = {
     "devices",
     "nonces",
 }
-HEAD = "0003"
+HEAD = "0004"
 
 
 def _service(db: Database, manifests: Any) -> DeviceService:

@@ -6,7 +6,8 @@ gateway request: the first time a device is seen it moves ``enrolled -> active``
 the registry is written at most once per ``interval`` per device and process (a cached state is
 returned in between, so a state change made elsewhere is seen within ``interval``; revocation
 does not wait for it: the gateway checks the revocation index on every request).
-:meth:`PresenceService.whoami` answers ``GET /v1/device/whoami``.
+:meth:`PresenceService.whoami` answers ``GET /v1/device/whoami`` (with ``rotation_due``: the
+operator scheduled a rotation of this device, ``iotid.fleet.rotation.schedule``).
 
 Not in scope: TLS and the revocation check (``server``), SQL (``repository``), other transitions.
 """
@@ -25,6 +26,7 @@ from iotid.fleet.devices.service import transition_device
 from iotid.fleet.gateway.repository import DeviceSnapshot, PresenceRepository
 from iotid.fleet.gateway.routing import DeviceContext
 from iotid.fleet.models import DeviceState, utcnow
+from iotid.fleet.rotation.schedule import rotation_due
 
 __all__ = ["ACTOR", "CONNECTABLE_STATES", "PresenceService"]
 
@@ -100,9 +102,11 @@ class PresenceService:
         """The body of ``GET /v1/device/whoami`` (fresh from the registry)."""
         with self._db.transaction(write=False) as session:
             snapshot = PresenceRepository(session).snapshot(ctx.uid)
+            due = rotation_due(session, ctx.uid, self._clock())
         return {
             "uid": ctx.uid,
             "state": None if snapshot is None else snapshot.state.value,
             "epoch": None if snapshot is None else snapshot.key_epoch,
             "certificate_not_after": ctx.certificate.not_valid_after_utc.isoformat(),
+            "rotation_due": due,
         }

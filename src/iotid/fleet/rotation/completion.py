@@ -5,9 +5,9 @@ other slices that already hold a device's row lock (the enrollment slice recover
 the card COMMITted but the fleet never completed):
 
 - :func:`commit_locked`: Rotation ``committed``, the registry's identity key and epoch move,
-  ``rotating`` -> ``active``, every certificate of an older epoch revoked (``superseded``, with
-  a revocation event so every fleet process drops connections made with them), audit
-  ``rotation.completed``;
+  the operator's schedule (``rotation_due_at``) is cleared, ``rotating`` -> ``active``, every
+  certificate of an older epoch revoked (``superseded``, with a revocation event so every fleet
+  process drops connections made with them), audit ``rotation.completed``;
 - :func:`abort_locked`: Rotation ``aborted``, its certificate revoked, optionally back to
   ``active``, audit ``rotation.aborted``;
 - :func:`complete_pending_in` and :func:`pending_key_in`: the enrollment slice's entry points.
@@ -58,6 +58,7 @@ def commit_locked(
     rotation.completed_at = now
     device.key_epoch = rotation.to_epoch
     device.identity_spki = rotation.new_spki
+    device.rotation_due_at = None  # the operator's schedule is fulfilled
     device.updated_at = now
     if DeviceState(device.state) == DeviceState.ROTATING:
         transition_device(

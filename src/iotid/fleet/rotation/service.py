@@ -50,6 +50,7 @@ from iotid.fleet.db import Database
 from iotid.fleet.devices.repository import DeviceRepository
 from iotid.fleet.devices.service import normalize_uid, transition_device
 from iotid.fleet.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
+from iotid.fleet.faults import crash_point
 from iotid.fleet.issuing import FleetKeys
 from iotid.fleet.issuing.ca import certificate_sha256, serial_hex, spki_sha256
 from iotid.fleet.models import (
@@ -186,10 +187,12 @@ class RotationService:
         key = normalize_uid(uid)
         try:
             _check_inputs(bytes.fromhex(key), nonce, epoch, new_spki, proof, quote)
-            return self._prepare(key, nonce, epoch, new_spki, proof, quote)
+            result = self._prepare(key, nonce, epoch, new_spki, proof, quote)
         except DomainError as refusal:
             self._audit_refusal(key, refusal)
             raise
+        crash_point("rotate.prepare.after_commit")  # stored and committed; the answer not sent
+        return result
 
     def _prepare(
         self, key: str, nonce: bytes, epoch: int, new_spki: bytes, proof: bytes, quote: bytes
@@ -381,6 +384,7 @@ class RotationService:
             },
             now=now,
         )
+        crash_point("rotate.prepare.before_commit")  # everything stored, nothing committed
         return self._result(uid, rotation, row, replayed=False)
 
     # -- 3. complete -----------------------------------------------------------------------------
@@ -414,7 +418,10 @@ class RotationService:
                     "rotation.not_pending", f"no pending rotation of device {key} for {serial}"
                 )
             commit_locked(session, device, rotation, now, via=f"certificate:{row.serial}")
-            return rotation.to_epoch
+            epoch = rotation.to_epoch
+            crash_point("rotate.complete.before_commit")  # the rows changed, nothing committed
+        crash_point("rotate.complete.after_commit")  # committed; the caller not yet answered
+        return epoch
 
     def observe_certificate(self, uid: str | bytes, serial: str) -> int | None:
         """The gateway's per-connection hook: completes a pending rotation when the device
@@ -457,6 +464,16 @@ class RotationService:
         return device
 
     # -- 4. abort --------------------------------------------------------------------------------
+    def pending_epoch(self, uid: str | bytes) -> int | None:
+        """The epoch the device's pending rotation leads to, or None (NotFound: no device)."""
+        key = normalize_uid(uid)
+        with self._db.transaction() as session:
+            device = DeviceRepository(session).device(key)
+            if device is None:
+                raise NotFound("device.not_found", f"no device {key}")
+            rotation = RotationRepository(session).pending(device.id)
+            return None if rotation is None else rotation.to_epoch
+
     def abort(self, uid: str | bytes, *, actor: str) -> int:
         """Abort the device's pending rotation (an operator, or a device restarting it); the
         aborted epoch. The device returns to active; the new key's certificate is revoked."""
