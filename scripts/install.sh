@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install iotid into ./.venv. With --test: also the Debian packages the tests need (pcscd,
-# vsmartcard-vpcd, opensc, pcsc-tools, libpcsclite-dev, swig, softhsm2) and the test extras.
+# vsmartcard-vpcd, opensc, pcsc-tools, libpcsclite-dev, swig, softhsm2, chromium for the dashboard's browser tests) and the test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 if [ "$want_test" = 1 ]; then
-  pkgs="pcscd vsmartcard-vpcd opensc pcsc-tools libpcsclite-dev swig softhsm2"
+  pkgs="pcscd vsmartcard-vpcd opensc pcsc-tools libpcsclite-dev swig softhsm2 chromium"
   missing=""
   for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then

@@ -11,6 +11,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 export IOTID_REQUIRE_PCSC=1
 # ... and so must the fleet's PostgreSQL tests (SQLite and PostgreSQL both run in CI).
 export IOTID_REQUIRE_POSTGRES=1
+# ... and so must the dashboard's browser tests (Playwright driving Debian's chromium).
+export IOTID_REQUIRE_BROWSER=1
 echo "== ruff";          ruff check src tests bench
 echo "== ruff format";   ruff format --check src tests bench
 echo "== mypy";          mypy
