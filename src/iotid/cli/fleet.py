@@ -63,6 +63,13 @@ DbOption = Annotated[
     str | None,
     typer.Option("--db", help="Database URL (default: fleet.json's, else SQLite in --dir)."),
 ]
+CeremonyRecordOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ceremony-record",
+        help="A copy of the ceremony record (default: fleet.json's, set by `fleet init`).",
+    ),
+]
 
 
 def _fail(message: str) -> NoReturn:
@@ -123,6 +130,7 @@ def init(
             gw_host,
             gw_port,
             public_url,
+            ceremony_record=(factory / ceremony.RECORD_FILE).resolve(),
         )
         config.save()
         database = Database(config.db_url)
@@ -210,9 +218,10 @@ def serve_command(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes (SO_REUSEPORT).")
     ] = None,
+    ceremony_record: CeremonyRecordOption = None,
 ) -> None:
     """Run the operator API and the device gateway until SIGTERM/SIGINT."""
-    config = _config(directory, db)
+    config = _config(directory, db).with_overrides(ceremony_record=ceremony_record)
     try:
         if api is not None:
             host, port = parse_hostport(api)
@@ -238,17 +247,15 @@ def trace_command(
     directory: DirOption,
     uid: Annotated[str, typer.Argument(help="The device UID (hex).")],
     db: DbOption = None,
-    ceremony_record: Annotated[
-        Path | None,
-        typer.Option("--ceremony-record", help="A copy of the ceremony record (ceremony.jsonl)."),
-    ] = None,
+    ceremony_record: CeremonyRecordOption = None,
 ) -> None:
     """Walk a device: certificate -> attestation chain -> batch CA -> root -> ceremony record."""
     config = _config(directory, db)
     database = Database(config.db_url)
     try:
         keys = FleetKeys.load(directory, passphrase=_passphrase())
-        trace = AuditService(database, keys, ceremony_record=ceremony_record).trace(uid)
+        record = ceremony_record or config.ceremony_record
+        trace = AuditService(database, keys, ceremony_record=record).trace(uid)
     except DomainError as exc:
         _fail(exc.message)
     except _EXPECTED as exc:

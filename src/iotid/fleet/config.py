@@ -57,6 +57,13 @@ class FleetConfig:
     nonce_ttl: dt.timedelta = dt.timedelta(minutes=5)
     #: Worker processes of ``iotid fleet serve`` (each runs the API and the gateway).
     workers: int = 1
+    #: A readable copy of the ceremony record (``ceremony.jsonl``), so that traces and the
+    #: dashboard verify the last link (root -> ceremony entry and its quorum). None: unverified.
+    ceremony_record: Path | None = None
+    #: Token-free ``POST /v1/enrollment/nonce``: per-client requests per second and burst
+    #: (``nonce_rate`` 0 switches the limit off, e.g. for a load test from one address).
+    nonce_rate: float = 50.0
+    nonce_burst: int = 100
 
     @property
     def base_url(self) -> str:
@@ -91,6 +98,9 @@ class FleetConfig:
                 dt.timedelta(seconds=int(doc.get("cert_lifetime_s", 86400))),
                 dt.timedelta(seconds=int(doc.get("nonce_ttl_s", 300))),
                 int(doc.get("workers", 1)),
+                Path(doc["ceremony_record"]) if doc.get("ceremony_record") else None,
+                float(doc.get("nonce_rate", 50.0)),
+                int(doc.get("nonce_burst", 100)),
             )
         except (ValueError, TypeError, AttributeError) as exc:
             raise FleetConfigError(f"{path}: {exc}") from None
@@ -105,6 +115,9 @@ class FleetConfig:
             "cert_lifetime_s": int(self.cert_lifetime.total_seconds()),
             "nonce_ttl_s": int(self.nonce_ttl.total_seconds()),
             "workers": self.workers,
+            "ceremony_record": str(self.ceremony_record) if self.ceremony_record else None,
+            "nonce_rate": self.nonce_rate,
+            "nonce_burst": self.nonce_burst,
         }
         path = self.directory / CONFIG_FILE
         tmp = path.with_name(path.name + ".tmp")

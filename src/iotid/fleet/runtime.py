@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -39,12 +40,14 @@ from iotid.fleet.commands import gateway as commands_gateway
 from iotid.fleet.config import FleetConfig
 from iotid.fleet.db import Database
 from iotid.fleet.enrollment import gateway as enrollment_gateway
+from iotid.fleet.enrollment.api import install_nonce_limit
 from iotid.fleet.firmware import gateway as firmware_gateway
 from iotid.fleet.gateway.presence import PresenceService
 from iotid.fleet.gateway.routing import DeviceContext, Routes
 from iotid.fleet.gateway.server import GatewayServer
 from iotid.fleet.issuing import FleetKeys
 from iotid.fleet.metrics import FleetMetrics
+from iotid.fleet.ratelimit import RateLimit
 from iotid.fleet.revocation.follower import RevocationFollower
 from iotid.fleet.revocation.index import RevocationIndex, RevokedEvent
 from iotid.fleet.rotation import gateway as rotation_gateway
@@ -88,6 +91,7 @@ class FleetRuntime:
         passphrase: bytes | None = None,
         reuse_port: bool = False,
         migrate: bool = True,
+        ceremony_record: Path | None = None,
     ) -> None:
         self.config = config
         self.db = Database(config.db_url)
@@ -104,9 +108,16 @@ class FleetRuntime:
             self.keys,
             cert_lifetime=config.cert_lifetime,
             nonce_ttl=config.nonce_ttl,
+            ceremony_record=ceremony_record or config.ceremony_record,
         )
         self.metrics = FleetMetrics(self.db)
         self.app: FastAPI = create_fleet_app(self.services, self.metrics)
+        install_nonce_limit(
+            self.app,
+            RateLimit(rate=config.nonce_rate, burst=config.nonce_burst)
+            if config.nonce_rate > 0
+            else RateLimit.off(),
+        )
         self.index = RevocationIndex()
         self._reuse_port = reuse_port
         self._api_sock = _listen(config.api_host, config.api_port, reuse_port=reuse_port)
@@ -137,6 +148,7 @@ class FleetRuntime:
 
     def _on_revoked(self, event: RevokedEvent) -> None:
         self.gateway.drop(event.uids, event.serials)
+        self.services.revocation_latency.observe(event)  # applied and dropped: the latency
 
     async def serve(self) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT in the main thread)."""
