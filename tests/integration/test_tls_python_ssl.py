@@ -11,6 +11,7 @@ argument checks, and the optional ``cryptography`` backend for AES-GCM and X2551
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import ssl
 import threading
@@ -162,6 +163,9 @@ def test_http_client_runs_over_the_tls_client(pki: TlsPki) -> None:
         web = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
         web.sock = client
         web.request("GET", "/whoami")
+        # fileno() is the TCP socket's, so select() can wait for the answer.
+        readable, _, _ = select.select([client], [], [], TIMEOUT)
+        assert readable == [client]
         response = web.getresponse()
         assert response.status == 200
         assert response.read() == b"hello device-p256"

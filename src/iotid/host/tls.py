@@ -291,7 +291,9 @@ class TlsClient:
         self.settimeout(None)
 
     def fileno(self) -> int:
-        return int(self._conn.sock.fileno())
+        # tlslite may wrap the socket in a BufferedSocket (no fileno of its own).
+        sock = self._conn.sock
+        return int(getattr(sock, "socket", sock).fileno())
 
     def getpeername(self) -> Any:
         return self._conn.sock.getpeername()
