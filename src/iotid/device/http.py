@@ -45,7 +45,14 @@ from iotid.device.errors import (
     FleetUnavailable,
     GatewayUntrusted,
 )
-from iotid.host.tls import DigestSigner, TlsError, TlsHandshakeError, TlsVerificationError, connect
+from iotid.host.tls import (
+    DigestSigner,
+    TlsError,
+    TlsHandshakeError,
+    TlsVerificationError,
+    connect,
+    enable_cryptography_backend,
+)
 from iotid.transport.base import TransportError
 
 __all__ = [
@@ -144,7 +151,12 @@ def mtls_connector(
     timeout: float = 10.0,
 ) -> Connector:
     """A connector for the gateway: mutual TLS with the SE's key (``credential()`` gives the
-    signer and the chain, leaf first, at each connection: after a rotation it is the new one)."""
+    signer and the chain, leaf first, at each connection: after a rotation it is the new one).
+
+    Switches tlslite's AES-GCM and X25519 to ``cryptography`` (process-wide, self-tested, see
+    :mod:`iotid.host.tls_backend`): tlslite's pure-Python AES otherwise dominates the cost of a
+    device's session (firmware downloads above all)."""
+    enable_cryptography_backend()
 
     def open_mtls() -> http.client.HTTPConnection:
         signer, chain = credential()
