@@ -440,3 +440,28 @@ def test_cli_device_run(fleet: Fleet) -> None:
     assert "revoked" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli_app, [*args[:3], str(fleet.tmp / "nowhere"), *args[4:]])
     assert result.exit_code == 2 and "not a card state directory" in result.output
+
+
+def test_cli_device_swarm(fleet: Fleet) -> None:
+    cards = fleet.tmp / "swarm-cards"
+    chosen = [fleet.world.batches["p256-a"].cards[i].copy(cards / f"{i:06d}") for i in (5, 6, 7)]
+    args = [
+        "device", "swarm", "--cards", str(cards), "--fleet", fleet.running.api_url,
+        "--gateway", fleet.gateway, "--workers", "3", "--cycles", "2",
+    ]  # fmt: skip
+    runner = CliRunner()
+    result = runner.invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 devices" in result.output and "running 3" in result.output
+    for card in chosen:  # every card enrolled and its state kept beside it
+        assert fleet.device(card.uid_hex).state == "active"
+        assert (cards / f"{card.path.name}.fleet").is_dir()
+    fleet.revoke(chosen[0].uid_hex)
+    deadline = time.monotonic() + 15
+    while result.exit_code != 3 and time.monotonic() < deadline:
+        result = runner.invoke(cli_app, args)
+    assert result.exit_code == 3, result.output
+    assert "revoked 1" in result.output and "Traceback" not in result.output
+    (fleet.tmp / "empty").mkdir()
+    empty = runner.invoke(cli_app, [*args[:3], str(fleet.tmp / "empty"), *args[4:]])
+    assert empty.exit_code == 2 and "no card state directories" in empty.output

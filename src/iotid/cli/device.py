@@ -348,7 +348,7 @@ def telemetry(
 EXIT_REVOKED = 3
 
 
-def _opener(target: str) -> Callable[[], SecureElement]:
+def open_se_at(target: str) -> Callable[[], SecureElement]:
     """``open_se`` for the device application: a card directory that is gone, or a reader
     without a card, is a removed SE (the application retries with backoff)."""
 
@@ -397,7 +397,7 @@ def run(
     out = Console(highlight=False)
     try:
         app = DeviceApp(
-            _opener(se),
+            open_se_at(se),
             fleet,
             gateway=address,
             state_dir=directory,

@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from iotid.cli.device import device_app
+from iotid.cli.device_swarm import swarm
 from iotid.cli.factory import factory_app
 from iotid.cli.fleet import fleet_app
 from iotid.cli.se import se_app
@@ -42,6 +43,7 @@ app = typer.Typer(
     help="iotid: hardware-backed identity for IoT fleets.",
 )
 app.add_typer(se_app, name="se")
+device_app.command("swarm")(swarm)
 app.add_typer(device_app, name="device")
 app.add_typer(factory_app, name="factory")
 app.add_typer(fleet_app, name="fleet")
