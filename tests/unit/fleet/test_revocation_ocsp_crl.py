@@ -263,3 +263,11 @@ def test_ocsp_and_crl_over_http(api: Api, keys: FleetKeys, world: Seeded) -> Non
     assert crl.status_code == 200 and crl.headers["content-type"] == "application/pkix-crl"
     assert len(_crl(crl.content, keys)) == 1
     assert api.client.get("/crl/root.crl").status_code == 404
+
+
+def test_openapi_describes_the_ocsp_bodies_as_binary(api: Api) -> None:
+    operation = api.client.get("/openapi.json").json()["paths"]["/ocsp"]["post"]
+    binary = {"type": "string", "format": "binary"}
+    assert operation["requestBody"]["content"]["application/ocsp-request"]["schema"] == binary
+    answer = operation["responses"]["200"]["content"]["application/ocsp-response"]["schema"]
+    assert answer == binary

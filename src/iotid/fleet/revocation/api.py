@@ -139,6 +139,10 @@ def _ocsp_response(der: bytes) -> Response:
     return Response(content=der, media_type=OCSP_RESPONSE)
 
 
+#: OpenAPI schema of a DER body (OCSP request or response).
+_BINARY = {"type": "string", "format": "binary"}
+
+
 def _malformed() -> Response:
     return _ocsp_response(
         ocsp.OCSPResponseBuilder.build_unsuccessful(
@@ -150,8 +154,10 @@ def _malformed() -> Response:
 @router.post(
     "/ocsp",
     response_class=Response,
-    responses={200: {"content": {OCSP_RESPONSE: {}}}},
-    openapi_extra={"requestBody": {"content": {OCSP_REQUEST: {}}, "required": True}},
+    responses={200: {"content": {OCSP_RESPONSE: {"schema": _BINARY}}}},
+    openapi_extra={
+        "requestBody": {"content": {OCSP_REQUEST: {"schema": _BINARY}}, "required": True}
+    },
 )
 async def ocsp_post(request: Request, responder: Responder) -> Response:
     """OCSP over HTTP POST (RFC 6960 A.1.1); no token."""
