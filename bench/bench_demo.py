@@ -55,7 +55,7 @@ def _child(devices: int, workers: int, out: Path) -> None:
     def progress(event: DemoEvent) -> None:
         """Where a long run stands (stderr, inherited by the parent: a log shows it)."""
         if event.kind is not EventKind.ADVANCE:
-            mark = "" if event.ok else " FAILED"
+            mark = "" if event.ok else f" FAILED: {event.detail}"
             elapsed = time.perf_counter() - started
             print(f"  [{elapsed:7.1f} s] {event.kind.value} {event.name}{mark}", file=sys.stderr)
 

@@ -186,6 +186,7 @@ def test_enroll_whoami_telemetry_commands(fleet: Fleet, batch: str) -> None:
     with fleet.client(card) as client:
         info = client.enroll()
         assert (info.uid, info.epoch) == (card.uid_hex, 1)
+        assert not client.api.connected  # no idle keep-alive to the API after enrolling
         assert client.se.mtls.chain()[0] == info.certificate
         assert (client.state.directory / "gateway-ca.pem").exists()  # type: ignore[operator]
         with client.gateway() as gw:

@@ -88,11 +88,16 @@ class FleetClient:
     def enroll(self) -> EnrollmentInfo:
         """Nonce -> quote (SE) -> certificate; installs cert + issuing CA on the card and keeps
         the gateway CA bundle. Raises FleetRefused (with the verifier's ``reason``) on refusal."""
-        answer = self.api.post("/v1/enrollment/nonce", idempotent=True)
-        nonce = unb64(answer.get("nonce"), "nonce")
-        quote = self.se.attestation.attest(nonce)
-        # Not retried: the nonce is single-use, a retry would be refused as nonce_reused.
-        issued = self.api.post("/v1/enrollment", {"quote": b64(quote)})
+        try:
+            answer = self.api.post("/v1/enrollment/nonce", idempotent=True)
+            nonce = unb64(answer.get("nonce"), "nonce")
+            quote = self.se.attestation.attest(nonce)
+            # Not retried: the nonce is single-use, a retry would be refused as nonce_reused.
+            issued = self.api.post("/v1/enrollment", {"quote": b64(quote)})
+        finally:
+            # Enrollment is rare: no idle keep-alive connection to the API afterwards (a
+            # thousand devices in one process would otherwise hold a thousand sockets).
+            self.api.close()
         info = install_issued(self.se, issued)
         gateway_ca = issued.get("gateway_ca")
         if isinstance(gateway_ca, str):

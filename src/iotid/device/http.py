@@ -201,6 +201,11 @@ class JsonChannel:
     def __repr__(self) -> str:
         return f"JsonChannel({self._name}, open={self._conn is not None})"
 
+    @property
+    def connected(self) -> bool:
+        """A connection is open (kept alive between calls)."""
+        return self._conn is not None
+
     def close(self) -> None:
         if self._conn is not None:
             try:

@@ -98,6 +98,17 @@ def test_json_round_trip_on_one_keep_alive_connection(server: tuple[str, Script]
     assert len(script.connections) == 1
 
 
+def test_connected_reflects_the_keep_alive_connection(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.replies = [(200, {"a": 1})]
+    with channel(url, Sleeps()) as ch:
+        assert not ch.connected
+        ch.get("/x")
+        assert ch.connected
+        ch.close()
+        assert not ch.connected
+
+
 def test_url_path_prefix_is_kept(server: tuple[str, Script]) -> None:
     url, script = server
     with channel(url + "/base/", Sleeps()) as ch:
